@@ -1,0 +1,18 @@
+"""cnnkit: convolutional networks from the formula on the page to a trained, measured, exported model."""
+
+from cnnkit import geometry
+from cnnkit.errors import CnnkitError, ConfigError, DataError, SpecError
+from cnnkit.models.registry import create_model, list_models, model_card
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CnnkitError",
+    "ConfigError",
+    "DataError",
+    "SpecError",
+    "create_model",
+    "geometry",
+    "list_models",
+    "model_card",
+]

@@ -1,0 +1,56 @@
+"""The ``cnnkit`` command.
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)`` (which registers the
+subcommand and sets ``func``) and is listed in ``SUBCOMMANDS``. Any :class:`cnnkit.CnnkitError` (or a
+missing file) becomes one line on stderr and exit code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cnnkit.errors import CnnkitError
+
+SUBCOMMANDS: tuple[str, ...] = ()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse already exits 2 on usage errors)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    from cnnkit import __version__
+
+    parser = _Parser(prog="cnnkit", description="Convolutional networks: analyse, train, evaluate, export.")
+    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"cnnkit.cli.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 success, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except CnnkitError as err:
+        print(f"cnnkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"cnnkit {args.command}: error: {err.strerror}: {err.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,17 @@
+"""The model zoo: one file per family, one registry.
+
+Importing this package registers every family's builders.
+"""
+
+from cnnkit.models.base import ClassifierModel, FeatureInfo
+from cnnkit.models.registry import ModelCard, create_model, list_models, model_card, register_model
+
+__all__ = [
+    "ClassifierModel",
+    "FeatureInfo",
+    "ModelCard",
+    "create_model",
+    "list_models",
+    "model_card",
+    "register_model",
+]

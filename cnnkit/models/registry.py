@@ -1,0 +1,204 @@
+"""One registry of model builders, each with a model card.
+
+A builder is a function returning an ``nn.Module`` that speaks the feature contract of
+:class:`cnnkit.models.base.ClassifierModel`. ``@register_model(...)`` records it with its card: the
+numbers a user looks at before choosing a model (parameters, MACs at the default input size, input size,
+normalization) and where it comes from (paper, weight-compatible torchvision builder). A test recomputes
+every card's parameter and MAC counts with :func:`cnnkit.analyze`, so cards cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from cnnkit.errors import ConfigError, did_you_mean
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a registered model is, as data.
+
+    Attributes:
+        name: registry name, e.g. ``"resnet50"``.
+        family: module the builder lives in, e.g. ``"resnet"``.
+        params: parameter count with the default ``num_classes`` (shared parameters counted once).
+        macs: multiply-accumulates of one forward pass at ``input_size`` (conv, linear, matmul).
+        input_size: default ``(C, H, W)``.
+        min_input_size: smallest ``(C, H, W)`` the network accepts.
+        mean / std: per-channel normalization of the input.
+        num_classes: default number of classes.
+        paper: citation of the architecture.
+        torchvision: name of the torchvision builder with the same ``state_dict`` layout, or ``None``.
+        weights: torchvision weights enum class name (e.g. ``"ResNet50_Weights"``), or ``None``.
+        first_conv: dotted name of the first convolution (adapted when ``in_chans`` differs).
+        classifier: dotted name of the final classifier (replaced when ``num_classes`` differs).
+    """
+
+    name: str
+    family: str
+    params: int
+    macs: int
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    min_input_size: tuple[int, int, int] = (3, 32, 32)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    num_classes: int = 1000
+    paper: str = ""
+    torchvision: str | None = None
+    weights: str | None = None
+    first_conv: str = "conv1"
+    classifier: str = "fc"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_CARDS: dict[str, ModelCard] = {}
+
+
+def register_model(**card: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a builder function under its own name, with its model card.
+
+    Args:
+        **card: the :class:`ModelCard` fields except ``name`` and ``family``, which come from the builder.
+
+    Raises:
+        ValueError: if a model of the same name is already registered.
+    """
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is already registered (by {_BUILDERS[name].__module__})")
+        family = fn.__module__.rsplit(".", 1)[-1]
+        _CARDS[name] = ModelCard(name=name, family=family, **card)
+        _BUILDERS[name] = fn
+        return fn
+
+    return decorator
+
+
+def _ensure_zoo_loaded() -> None:
+    # Importing the families runs their @register_model decorators.
+    import cnnkit.models  # noqa: F401
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of registered models matching a shell-style ``pattern``, in registration order.
+
+    Example:
+        >>> list_models("lenet*")
+        ['lenet5', 'lenet5_classic']
+    """
+    _ensure_zoo_loaded()
+    return [n for n in _BUILDERS if fnmatch.fnmatchcase(n, pattern)]
+
+
+def _lookup(name: str) -> str:
+    _ensure_zoo_loaded()
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, _BUILDERS)} (see `cnnkit models`)")
+    return name
+
+
+def model_card(name: str) -> ModelCard:
+    """The :class:`ModelCard` of a registered model; an unknown name raises :class:`ConfigError`."""
+    return _CARDS[_lookup(name)]
+
+
+def _accepted_kwargs(builder: Callable[..., nn.Module]) -> set[str] | None:
+    """Keyword names a builder accepts: its own, plus its model class's when it forwards ``**kwargs``."""
+    sig = inspect.signature(builder, eval_str=True)
+    names = {p.name for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return names
+    cls = sig.return_annotation
+    if not inspect.isclass(cls):
+        return None
+    for klass in cls.__mro__:
+        if klass is nn.Module or "__init__" not in vars(klass):
+            continue
+        init = inspect.signature(klass.__init__)
+        names |= {p.name for p in init.parameters.values() if p.name != "self" and p.kind.value < 4}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in init.parameters.values()):
+            break
+    return names
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model by name.
+
+    Args:
+        name: registry name (see :func:`list_models`).
+        pretrained: load torchvision's default published weights (downloaded once, cached).
+        weights: name of a torchvision weights entry, e.g. ``"IMAGENET1K_V1"``; implies ``pretrained``.
+        num_classes: classifier outputs; with pretrained weights a different value gets a new head.
+        in_chans: input channels; with pretrained weights the first conv is adapted.
+        features_only: return a :class:`cnnkit.models.features.FeatureListNet` that outputs stage maps.
+        out_indices: stages to return with ``features_only`` (default: all).
+        **kwargs: family-specific options (e.g. ``replace_stride_with_dilation``, ``drop_rate``).
+
+    Returns:
+        The model (``nn.Module``) with ``default_cfg`` set from its card.
+
+    Raises:
+        ConfigError: unknown model name (listing the closest names) or unknown keyword argument.
+    """
+    name = _lookup(name)
+    builder, card = _BUILDERS[name], _CARDS[name]
+    accepted = _accepted_kwargs(builder)
+    if accepted is not None:
+        for key in kwargs:
+            if key not in accepted:
+                raise ConfigError(f"{name} got an unknown argument {key!r}{did_you_mean(key, accepted)}")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    use_weights = pretrained or weights is not None
+    if use_weights:
+        # Build with the published head and input, then adapt after loading.
+        kwargs.pop("num_classes", None)
+        kwargs.pop("in_chans", None)
+    model = builder(**kwargs)
+    model.default_cfg = {
+        "architecture": name,
+        "input_size": card.input_size,
+        "min_input_size": card.min_input_size,
+        "mean": card.mean,
+        "std": card.std,
+        "num_classes": getattr(model, "num_classes", card.num_classes),
+        "paper": card.paper,
+        "torchvision": card.torchvision,
+        "first_conv": card.first_conv,
+        "classifier": card.classifier,
+    }
+    if use_weights:
+        from cnnkit.models.pretrained import load_torchvision_weights
+
+        load_torchvision_weights(
+            model, card, weights or "DEFAULT", num_classes=num_classes, in_chans=in_chans
+        )
+    if features_only:
+        from cnnkit.models.features import FeatureListNet
+
+        return FeatureListNet(model, out_indices=out_indices)
+    return model
