@@ -9,6 +9,26 @@ Detection and segmentation heads use only this contract, so any backbone plugs i
 - ``reset_classifier(num_classes)``: a fresh classifier (``0`` gives an identity, for embeddings).
 - ``feature_info``: a :class:`FeatureInfo`, one entry per stage with ``num_chs``, ``reduction``, ``module``.
 - ``default_cfg``: input size, mean/std, source; set by :func:`cnnkit.create_model` from the model card.
+
+Writing a family (one readable file per family, ``cnnkit/models/<family>.py``):
+
+- Subclass :class:`ClassifierModel`; set ``num_classes``, ``num_features`` and ``feature_info`` (the maps
+  at reductions 2/4/8/16/32 where the architecture has them); implement ``forward_intermediates``,
+  ``forward_features`` (include a final conv/norm that torchvision keeps in ``features``),
+  ``forward_head``; override ``reset_classifier`` and ``head_modules`` when the classifier is not a single
+  ``nn.Linear`` at ``classifier_name`` (e.g. VGG's ``classifier.6``). ``forward`` must equal torchvision's
+  in eval mode.
+- Module and parameter names follow torchvision's builder of the same name, so that
+  ``model.load_state_dict(tv_model.state_dict(), strict=True)`` works and parameter counts are equal.
+  Reusable blocks live in ``cnnkit/layers`` and are exported from ``cnnkit.layers``.
+- Builders are registered with ``@register_model(params=..., macs=..., input_size=(3, H, W),
+  min_input_size=..., paper=..., torchvision="resnet50", weights="ResNet50_Weights", first_conv="conv1",
+  classifier="fc")`` on a function named as the registry name, with the signature
+  ``def resnet50(*, num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet`` (the return
+  annotation lets ``create_model`` reject unknown keyword arguments). ``macs`` is the exact integer that
+  ``cnnkit.analyze(model, (1, *input_size)).macs`` reports (conv + linear multiply-accumulates; it agrees
+  with torchvision's ``meta["_ops"]`` within 0.5%); ``tests/models/test_zoo.py`` checks every card.
+- The family module is imported from ``cnnkit/models/__init__.py`` (``lenet`` first).
 """
 
 from __future__ import annotations
