@@ -2,6 +2,7 @@
 
 from cnnkit import geometry
 from cnnkit.errors import CnnkitError, ConfigError, DataError, SpecError
+from cnnkit.models.pretrained import load_pretrained
 from cnnkit.models.registry import create_model, list_models, model_card
 
 __version__ = "0.1.0"
@@ -14,5 +15,6 @@ __all__ = [
     "create_model",
     "geometry",
     "list_models",
+    "load_pretrained",
     "model_card",
 ]

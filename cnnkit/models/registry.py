@@ -149,7 +149,8 @@ def create_model(
     Args:
         name: registry name (see :func:`list_models`).
         pretrained: load torchvision's default published weights (downloaded once, cached).
-        weights: name of a torchvision weights entry, e.g. ``"IMAGENET1K_V1"``; implies ``pretrained``.
+        weights: a torchvision weights entry, e.g. ``"IMAGENET1K_V1"`` (implies ``pretrained``), or the path
+            of a local ``.pth``/``.safetensors`` file (see :func:`cnnkit.models.pretrained.load_pretrained`).
         num_classes: classifier outputs; with pretrained weights a different value gets a new head.
         in_chans: input channels; with pretrained weights the first conv is adapted.
         features_only: return a :class:`cnnkit.models.features.FeatureListNet` that outputs stage maps.
@@ -173,15 +174,20 @@ def create_model(
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    use_weights = pretrained or weights is not None
-    if use_weights:
-        # Build with the published head and input, then adapt after loading.
+    from cnnkit.models import pretrained as _pretrained
+
+    if weights is None and pretrained:
+        weights = "DEFAULT"
+    local_file = weights is not None and _pretrained.is_weights_file(weights)
+    published = weights is not None and not local_file
+    if published:
+        # Build with the published head and input, load, then adapt (new head, adapted first conv).
         kwargs.pop("num_classes", None)
         kwargs.pop("in_chans", None)
     model = builder(**kwargs)
     model.default_cfg = {
         "architecture": name,
-        "input_size": card.input_size,
+        "input_size": (in_chans or card.input_size[0], *card.input_size[1:]),
         "min_input_size": card.min_input_size,
         "mean": card.mean,
         "std": card.std,
@@ -191,12 +197,10 @@ def create_model(
         "first_conv": card.first_conv,
         "classifier": card.classifier,
     }
-    if use_weights:
-        from cnnkit.models.pretrained import load_torchvision_weights
-
-        load_torchvision_weights(
-            model, card, weights or "DEFAULT", num_classes=num_classes, in_chans=in_chans
-        )
+    if local_file:
+        _pretrained.load_pretrained(model, weights)
+    elif published:
+        _pretrained.load_torchvision_weights(model, card, weights, num_classes=num_classes, in_chans=in_chans)
     if features_only:
         from cnnkit.models.features import FeatureListNet
 
