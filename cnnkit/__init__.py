@@ -4,6 +4,7 @@ from cnnkit import geometry
 from cnnkit.errors import CnnkitError, ConfigError, DataError, SpecError
 from cnnkit.models.pretrained import load_pretrained
 from cnnkit.models.registry import create_model, list_models, model_card
+from cnnkit.models.spec import build
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "SpecError",
+    "build",
     "create_model",
     "geometry",
     "list_models",

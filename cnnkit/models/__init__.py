@@ -6,6 +6,9 @@ Importing this package registers every family's builders.
 from cnnkit.models.base import ClassifierModel, FeatureInfo
 from cnnkit.models.registry import ModelCard, create_model, list_models, model_card, register_model
 
+# isort: off
+from cnnkit.models import lenet  # noqa: F401
+
 __all__ = [
     "ClassifierModel",
     "FeatureInfo",
