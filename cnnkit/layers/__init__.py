@@ -1,14 +1,36 @@
 """Torch building blocks shared by the model zoo and the task heads."""
 
 from cnnkit.layers.conv import ConvNormAct, DepthwiseSeparableConv
+from cnnkit.layers.convnext_block import ConvNeXtBlock, Permute
+from cnnkit.layers.mbconv import MBConv, make_divisible
+from cnnkit.layers.inception import (
+    BasicConv,
+    InceptionA,
+    InceptionB,
+    InceptionBlock,
+    InceptionC,
+    InceptionD,
+    InceptionE,
+)
 from cnnkit.layers.norm import LayerNorm2d
 from cnnkit.layers.regularization import StochasticDepth
 from cnnkit.layers.squeeze_excite import SqueezeExcite
 
 __all__ = [
+    "ConvNeXtBlock",
+    "MBConv",
+    "Permute",
+    "make_divisible",
     "ConvNormAct",
     "DepthwiseSeparableConv",
     "LayerNorm2d",
+    "BasicConv",
+    "InceptionA",
+    "InceptionB",
+    "InceptionBlock",
+    "InceptionC",
+    "InceptionD",
+    "InceptionE",
     "SqueezeExcite",
     "StochasticDepth",
 ]
