@@ -9,8 +9,6 @@ from cnnkit.models.registry import ModelCard, create_model, list_models, model_c
 # isort: off
 from cnnkit.models import lenet  # noqa: F401
 from cnnkit.models import efficientnet  # noqa: F401
-from cnnkit.models import googlenet  # noqa: F401
-from cnnkit.models import inception  # noqa: F401
 
 __all__ = [
     "ClassifierModel",
