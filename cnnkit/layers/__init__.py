@@ -14,9 +14,12 @@ from cnnkit.layers.inception import (
 )
 from cnnkit.layers.norm import LayerNorm2d
 from cnnkit.layers.regularization import StochasticDepth
+from cnnkit.layers.residual import BasicBlock, Bottleneck
 from cnnkit.layers.squeeze_excite import SqueezeExcite
 
 __all__ = [
+    "BasicBlock",
+    "Bottleneck",
     "ConvNeXtBlock",
     "MBConv",
     "Permute",
