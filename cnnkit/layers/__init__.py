@@ -3,15 +3,6 @@
 from cnnkit.layers.conv import ConvNormAct, DepthwiseSeparableConv
 from cnnkit.layers.convnext_block import ConvNeXtBlock, Permute
 from cnnkit.layers.mbconv import MBConv, make_divisible
-from cnnkit.layers.inception import (
-    BasicConv,
-    InceptionA,
-    InceptionB,
-    InceptionBlock,
-    InceptionC,
-    InceptionD,
-    InceptionE,
-)
 from cnnkit.layers.norm import LayerNorm2d
 from cnnkit.layers.regularization import StochasticDepth
 from cnnkit.layers.residual import BasicBlock, Bottleneck
@@ -27,13 +18,6 @@ __all__ = [
     "ConvNormAct",
     "DepthwiseSeparableConv",
     "LayerNorm2d",
-    "BasicConv",
-    "InceptionA",
-    "InceptionB",
-    "InceptionBlock",
-    "InceptionC",
-    "InceptionD",
-    "InceptionE",
     "SqueezeExcite",
     "StochasticDepth",
 ]
