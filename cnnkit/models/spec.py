@@ -488,7 +488,9 @@ class SpecNet(ClassifierModel):
 
     Speaks the feature contract of :class:`ClassifierModel`: ``forward_features`` runs every layer before
     the first flattening (``GAP`` or the first ``FC``), ``forward_head`` the rest; the classifier is the
-    last ``FC`` (``classifier_name``, e.g. ``"fc3"``), and ``num_features`` is its input width.
+    last ``FC`` (``classifier_name``, e.g. ``"fc3"``). As in timm, ``num_features`` is the channel count of
+    the last feature map and ``head_hidden_size`` the width ``forward_head(..., pre_logits=True)`` returns,
+    the classifier's input (84 for LeNet-5, whose head has hidden FCs; equal to ``num_features`` after GAP).
     ``feature_info`` has one entry per stage: a stage starts at a downsampling layer (pooling, or a
     convolution with stride > 1) and ends just before the next one, so each entry is the last map at its
     reduction (the stride product); a spec without downsampling has one stage at reduction 1.
@@ -539,11 +541,12 @@ class SpecNet(ClassifierModel):
         self.head_layers = tuple(names[split:])
         fcs = [n for n, step in zip(names, plan) if step.prefix == "fc"]
         self.classifier_name = fcs[-1] if fcs else ""
+        self.num_features = plan[split - 1].shape[0] if split else self.input_size[0]
         if fcs:
-            self.num_features = self.get_submodule(fcs[-1]).in_features
+            self.head_hidden_size = self.get_submodule(fcs[-1]).in_features
             self.num_classes = self.get_submodule(fcs[-1]).out_features
         else:
-            self.num_features = self.num_classes = (plan[-1].shape if plan else self.input_size)[0]
+            self.head_hidden_size = self.num_classes = (plan[-1].shape if plan else self.input_size)[0]
         self.feature_info = _stages(names[:split], plan[:split])
         self.default_cfg = {"architecture": "spec", "spec": spec, "input_size": self.input_size}
         if num_classes is not None:
@@ -568,14 +571,22 @@ class SpecNet(ClassifierModel):
             self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last ``FC`` with a fresh ``nn.Linear(num_features, num_classes)`` (``0``: identity).
+        """Replace the last ``FC`` with a fresh ``nn.Linear(head_hidden_size, num_classes)`` (``0``: identity).
+
+        Args:
+            num_classes: outputs of the new classifier.
 
         Raises:
             ConfigError: the spec has no ``FC`` layer.
         """
         if not self.classifier_name:
             raise ConfigError(f"the spec has no FC layer to replace: {self.spec!r}")
-        super().reset_classifier(num_classes)
+        old = self.get_submodule(self.classifier_name)
+        new = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(old, nn.Linear):
+            new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        setattr(self, self.classifier_name, new)
+        self.num_classes = num_classes
 
     def head_modules(self) -> list[str]:
         """Every module after the features (flatten, hidden FCs, classifier): ``features_only`` drops them."""
@@ -612,7 +623,7 @@ class SpecNet(ClassifierModel):
 
         Shape:
             - Input: ``(N, C', H', W')`` from :meth:`forward_features`
-            - Output: ``(N, num_classes)``, or ``(N, num_features)`` with ``pre_logits=True``.
+            - Output: ``(N, num_classes)``, or ``(N, head_hidden_size)`` with ``pre_logits=True``.
         """
         for name in self.head_layers:
             if pre_logits and name == self.classifier_name:

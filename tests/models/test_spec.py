@@ -137,7 +137,8 @@ def test_feature_contract(generator):
     assert [m.shape for m in maps] == [(2, 16, 10, 10), (2, 16, 5, 5)]
     feats = net.forward_features(x)
     assert torch.equal(feats, maps[-1])
-    assert net.forward_head(feats, pre_logits=True).shape == (2, 84) and net.num_features == 84
+    assert net.forward_head(feats, pre_logits=True).shape == (2, 84) and net.head_hidden_size == 84
+    assert net.num_features == 16
     assert torch.equal(net.forward_head(feats), net(x))
     assert net.get_classifier() is net.fc3
     pyramid = FeatureListNet(build(LENET), out_indices=(0, 1))
@@ -174,7 +175,7 @@ def test_spec_without_flattening_returns_the_map():
     net = build("Input(2x10x12) -> Conv(3x3,4) -> Conv(3x3,5,d=2)")
     assert net(torch.zeros(1, 2, 10, 12)).shape == (1, 5, 4, 6)
     assert [dict(i) for i in net.feature_info] == [{"num_chs": 5, "reduction": 1, "module": "conv2"}]
-    assert net.head_layers == () and isinstance(net.act1, nn.ReLU)
+    assert net.head_layers == () and isinstance(net.act1, nn.ReLU) and net.num_features == 5
     with pytest.raises(ConfigError, match="no FC layer"):
         net.reset_classifier(3)
 
