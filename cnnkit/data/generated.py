@@ -38,10 +38,10 @@ def _iou(a: Box, b: Box) -> float:
     return inter / (area_a + area_b - inter)
 
 
-def _tight_crop(patch: torch.Tensor) -> torch.Tensor:
+def _tight_crop(patch: np.ndarray) -> np.ndarray:
     """Crop a ``(h, w)`` patch to the bounding box of its non-zero pixels."""
-    rows = patch.any(dim=1).nonzero().flatten()
-    cols = patch.any(dim=0).nonzero().flatten()
+    rows = np.flatnonzero(patch.any(axis=1))
+    cols = np.flatnonzero(patch.any(axis=0))
     return patch[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
@@ -133,12 +133,12 @@ class MNISTDetection(_GeneratedSet):
         self._source_images = source.images[:, 0]
         self._source_labels = source.labels
 
-    def _layout(self, index: int) -> tuple[list[int], list[Box], list[torch.Tensor]]:
+    def _layout(self, index: int) -> tuple[list[int], list[Box], list[np.ndarray]]:
         """Draw item ``index``: digit labels, their boxes, and their cropped uint8 patches."""
         index, rng = self._rng(index)
         labels: list[int] = []
         boxes: list[Box] = []
-        patches: list[torch.Tensor] = []
+        patches: list[np.ndarray] = []
         for _ in range(int(rng.integers(self.digits[0], self.digits[1] + 1))):
             k = int(rng.integers(len(self._source_labels)))
             side = max(1, round(28 * float(rng.uniform(*self.scale))))
@@ -146,7 +146,7 @@ class MNISTDetection(_GeneratedSet):
             resized = F.interpolate(
                 digit, size=(side, side), mode="bilinear", antialias=True, align_corners=False
             )
-            patch = _tight_crop(resized[0, 0].round().clamp(0, 255).to(torch.uint8))
+            patch = _tight_crop(np.clip(np.rint(resized[0, 0].numpy()), 0, 255).astype(np.uint8))
             box = self._place(rng, patch.shape[0], patch.shape[1], boxes, self.max_iou)
             if box is not None:
                 labels.append(int(self._source_labels[k]))
@@ -154,9 +154,9 @@ class MNISTDetection(_GeneratedSet):
                 patches.append(patch)
         return labels, boxes, patches
 
-    def _paste(self, boxes: list[Box], patches: list[torch.Tensor]) -> torch.Tensor:
+    def _paste(self, boxes: list[Box], patches: list[np.ndarray]) -> np.ndarray:
         """Each patch alone on its own blank canvas, stacked: ``(N, S, S)`` uint8."""
-        layers = torch.zeros(len(boxes), self.image_size, self.image_size, dtype=torch.uint8)
+        layers = np.zeros((len(boxes), self.image_size, self.image_size), dtype=np.uint8)
         for layer, (x1, y1, x2, y2), patch in zip(layers, boxes, patches):
             layer[y1:y2, x1:x2] = patch
         return layers
@@ -171,8 +171,8 @@ class MNISTDetection(_GeneratedSet):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels, boxes, patches = self._layout(index)
         layers = self._paste(boxes, patches)
-        image = layers.amax(dim=0) if len(boxes) else layers.new_zeros(self.image_size, self.image_size)
-        return image.unsqueeze(0), self._target(labels, boxes)
+        image = layers.max(axis=0, initial=0)
+        return torch.from_numpy(image).unsqueeze(0), self._target(labels, boxes)
 
 
 class MNISTSegmentation(MNISTDetection):
@@ -200,16 +200,11 @@ class MNISTSegmentation(MNISTDetection):
         labels, boxes, patches = self._layout(index)
         layers = self._paste(boxes, patches)
         target = self._target(labels, boxes)
-        target["masks"] = (layers >= self.threshold).to(torch.uint8)
-        if len(boxes):
-            brightest, which = layers.max(dim=0)
-            mask = torch.where(brightest >= self.threshold, target["labels"][which] + 1, 0)
-            image = brightest
-        else:
-            mask = torch.zeros(self.image_size, self.image_size, dtype=torch.int64)
-            image = layers.new_zeros(self.image_size, self.image_size)
-        target["mask"] = mask
-        return image.unsqueeze(0), target
+        target["masks"] = torch.from_numpy((layers >= self.threshold).astype(np.uint8))
+        image = layers.max(axis=0, initial=0)
+        classes = np.asarray(labels, dtype=np.int64)[layers.argmax(axis=0)] + 1 if labels else 0
+        target["mask"] = torch.from_numpy(np.where(image >= self.threshold, classes, 0).astype(np.int64))
+        return torch.from_numpy(image).unsqueeze(0), target
 
 
 def _shape_mask(kind: int, side: int) -> torch.Tensor:
