@@ -1,6 +1,7 @@
 """cnnkit: convolutional networks from the formula on the page to a trained, measured, exported model."""
 
 from cnnkit import geometry
+from cnnkit.analysis import analyze
 from cnnkit.errors import CnnkitError, ConfigError, DataError, SpecError
 from cnnkit.models.pretrained import load_pretrained
 from cnnkit.models.registry import create_model, list_models, model_card
@@ -13,6 +14,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "SpecError",
+    "analyze",
     "build",
     "create_model",
     "geometry",
