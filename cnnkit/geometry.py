@@ -8,6 +8,7 @@ and "EfficientNet", generalised where noted (dilation, groups, ``ceil_mode``) to
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -28,21 +29,29 @@ Padding = int | Literal["valid", "same"]
 
 
 def _check_positive(**values: int) -> None:
-    bad = {name: v for name, v in values.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+    bad = {
+        name: v
+        for name, v in values.items()
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
+    }
     if bad:
         got = ", ".join(f"{name}={v!r}" for name, v in bad.items())
         raise ValueError(f"expected positive integers, got {got}")
 
 
 def _check_non_negative(**values: int) -> None:
-    bad = {name: v for name, v in values.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+    bad = {
+        name: v
+        for name, v in values.items()
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0
+    }
     if bad:
         got = ", ".join(f"{name}={v!r}" for name, v in bad.items())
         raise ValueError(f"expected non-negative integers, got {got}")
 
 
 def _kernel_hw(kernel: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(kernel, int) and not isinstance(kernel, bool):
+    if isinstance(kernel, numbers.Integral) and not isinstance(kernel, bool):
         kh = kw = kernel
     elif isinstance(kernel, Sequence) and len(kernel) == 2:
         kh, kw = kernel
@@ -72,7 +81,7 @@ def same_padding(kernel: int, dilation: int = 1) -> int:
     """
     if kernel < 1 or dilation < 1:
         raise ValueError(f"kernel and dilation must be >= 1, got kernel={kernel}, dilation={dilation}")
-    return dilation * (kernel - 1) // 2
+    return int(dilation * (kernel - 1) // 2)
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1) -> int:
@@ -109,7 +118,7 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: Padding =
     """
     _check_positive(size=size, kernel=kernel, stride=stride, dilation=dilation)
     if padding == "same":
-        return -(-size // stride)
+        return int(-(-size // stride))
     if padding == "valid":
         padding = 0
     elif isinstance(padding, str):
@@ -122,7 +131,7 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: Padding =
             f"effective kernel dilation*(kernel-1)+1={dilation * (kernel - 1) + 1} "
             f"(kernel={kernel}, dilation={dilation}, stride={stride})"
         )
-    return span // stride + 1
+    return int(span // stride + 1)
 
 
 def pool_output_size(
@@ -175,7 +184,7 @@ def pool_output_size(
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1
-    return out
+    return int(out)
 
 
 def conv_params(
@@ -207,7 +216,7 @@ def conv_params(
     kh, kw = _kernel_hw(kernel)
     if c_in % groups or c_out % groups:
         raise ValueError(f"groups={groups} must divide both c_in={c_in} and c_out={c_out}")
-    return c_out * (c_in // groups) * kh * kw + (c_out if bias else 0)
+    return int(c_out * (c_in // groups) * kh * kw + (c_out if bias else 0))
 
 
 def linear_params(n_in: int, n_out: int, bias: bool = True) -> int:
@@ -228,7 +237,7 @@ def linear_params(n_in: int, n_out: int, bias: bool = True) -> int:
         10164
     """
     _check_positive(n_in=n_in, n_out=n_out)
-    return n_out * n_in + (n_out if bias else 0)
+    return int(n_out * n_in + (n_out if bias else 0))
 
 
 def depthwise_separable_params(c_in: int, c_out: int, kernel: int | Sequence[int], bias: bool = False) -> int:
@@ -276,7 +285,7 @@ def depthwise_separable_reduction(kernel: int, c_out: int) -> float:
         0.126736
     """
     _check_positive(kernel=kernel, c_out=c_out)
-    return (kernel**2 + c_out) / (kernel**2 * c_out)
+    return float((kernel**2 + c_out) / (kernel**2 * c_out))
 
 
 def receptive_field(layers: Sequence[Sequence[int]]) -> tuple[int, int]:
@@ -310,7 +319,7 @@ def receptive_field(layers: Sequence[Sequence[int]]) -> tuple[int, int]:
         _check_positive(kernel=kernel, stride=stride, dilation=dilation)
         rf += dilation * (kernel - 1) * jump
         jump *= stride
-    return rf, jump
+    return int(rf), int(jump)
 
 
 class CompoundScaling(NamedTuple):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -265,3 +266,10 @@ def test_depthwise_separable_matches_modules(c_in, c_out, kernel, bias):
 def test_receptive_field_matches_page_sum(layers):
     rf = 1 + sum(d * (k - 1) * math.prod(s for _, s, _ in layers[:i]) for i, (k, _, d) in enumerate(layers))
     assert G.receptive_field(layers) == (rf, math.prod(s for _, s, _ in layers))
+
+
+def test_numpy_integers_are_accepted_and_results_are_python_ints():
+    out = G.conv_output_size(np.int64(32), np.int64(5), padding=np.int64(2))
+    assert out == 32 and type(out) is int
+    assert type(G.conv_params(np.int64(3), np.int64(8), (np.int64(3), np.int64(3)))) is int
+    assert G.receptive_field([(np.int64(3), np.int64(2))]) == (3, 2)
