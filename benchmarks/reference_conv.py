@@ -13,6 +13,7 @@ difference from torch is printed as a check. Goals: loop/vectorized >= 10, vecto
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -47,7 +48,10 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), CPU")
-    print(f"best of {args.repeats} runs; times in ms")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(
+        f"{os.cpu_count()} CPU cores, load average {load} at start; best of {args.repeats} runs; times in ms"
+    )
     header = (
         f"{'shape (N,C,H,W) -> C_out kxk s p':<36}{'dtype':<9}{'loop':>9}{'vectorized':>12}{'torch':>9}"
         f"{'loop/vec':>10}{'vec/torch':>11}{'max|diff|':>11}"
