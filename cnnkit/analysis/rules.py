@@ -137,13 +137,8 @@ def _dim(dim: int, ndim: int) -> int:
     return dim % ndim if ndim else 0
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(op: str, reason: str) -> None:
-    if op not in _warned:
-        _warned.add(op)
-        warnings.warn(f"analyze: {op} {reason}; its receptive field is reported as global", stacklevel=3)
+def _warn_global(op: str, reason: str) -> None:
+    warnings.warn(f"analyze: {op} {reason}; its receptive field is reported as global", stacklevel=3)
 
 
 # -- receptive-field rules ------------------------------------------------------------------------------
@@ -163,7 +158,7 @@ def _pointwise(call: Call) -> MaybeField:
             continue
         offset = out.ndim - t.ndim
         if offset < 0 or any(t.shape[a] not in (out.shape[a + offset], 1) for a in f.axes):
-            _warn_once(call.op, "changes a spatial size and has no receptive-field rule")
+            _warn_global(call.op, "changes a spatial size and has no receptive-field rule")
             parts.append(f.made_global())
         else:
             parts.append(broadcast(f, t.ndim, out.ndim))

@@ -360,3 +360,13 @@ def test_report_renderings():
         "Jump",
     ]
     assert table.row_count == 4
+
+
+def test_op_without_rule_that_changes_spatial_size_warns_and_is_global():
+    class Unfold(nn.Module):
+        def forward(self, x):
+            return F.unfold(x, 2, stride=2)
+
+    with pytest.warns(UserWarning, match="unfold changes a spatial size"):
+        report = analyze(Unfold(), (1, 1, 8, 8))
+    assert report.rf == "global" and report.rows[0].output_shape == (1, 4, 16)
