@@ -130,12 +130,16 @@ def conv2d_forward(
 ) -> np.ndarray:
     """Vectorized 2-D convolution: a strided window view, one copy into columns (im2col), one GEMM.
 
+    Formula (page, "Convolution Operation", with stride, dilation and groups as in ``torch.nn.Conv2d``)::
+
+        Output[b, c_out, i, j] = sum_{c in group(c_out)} sum_{m,n} Input_pad[b, c, i*s_h + m*d_h, j*s_w + n*d_w]
+                                 * Filter[c_out, c, m, n] + bias[c_out]
+
     The padded input is viewed (no copy) as windows ``(N, C, H_out, W_out, kH, kW)`` with
     ``sliding_window_view``, sliced by stride and dilation, and copied once into the column matrix
     ``cols[g, (c, m, n), (b, i, j)]``. One batched ``matmul`` over the groups,
     ``(groups, C_out/groups, C_in/groups*kH*kW) @ (groups, C_in/groups*kH*kW, N*H_out*W_out)``, computes
-    every output; the page's formula (module docstring) summed over ``(c, m, n)`` is that product's inner
-    dimension.
+    every output: the sum over ``(c, m, n)`` above is that product's inner dimension.
 
     Args:
         input: input batch.
