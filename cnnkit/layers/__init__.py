@@ -2,6 +2,15 @@
 
 from cnnkit.layers.conv import ConvNormAct, DepthwiseSeparableConv
 from cnnkit.layers.convnext_block import ConvNeXtBlock, Permute
+from cnnkit.layers.inception import (
+    BasicConv,
+    InceptionA,
+    InceptionB,
+    InceptionBlock,
+    InceptionC,
+    InceptionD,
+    InceptionE,
+)
 from cnnkit.layers.mbconv import MBConv, make_divisible
 from cnnkit.layers.norm import LayerNorm2d
 from cnnkit.layers.regularization import StochasticDepth
@@ -18,6 +27,13 @@ __all__ = [
     "ConvNormAct",
     "DepthwiseSeparableConv",
     "LayerNorm2d",
+    "BasicConv",
+    "InceptionA",
+    "InceptionB",
+    "InceptionBlock",
+    "InceptionC",
+    "InceptionD",
+    "InceptionE",
     "SqueezeExcite",
     "StochasticDepth",
 ]

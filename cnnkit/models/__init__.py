@@ -10,6 +10,8 @@ from cnnkit.models.registry import ModelCard, create_model, list_models, model_c
 from cnnkit.models import lenet  # noqa: F401
 from cnnkit.models import resnet  # noqa: F401
 from cnnkit.models import efficientnet  # noqa: F401
+from cnnkit.models import googlenet  # noqa: F401
+from cnnkit.models import inception  # noqa: F401
 from cnnkit.models import convnext  # noqa: F401
 
 __all__ = [
