@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from cnnkit.errors import ConfigError, DataError
 
 Params = dict[str, Any]
 Target = dict[str, Tensor]
-Targets = Union[Tensor, list[Target], None]
+Targets = Tensor | list[Target] | None
 
 MIN_BOX_SIZE = 1.0
 

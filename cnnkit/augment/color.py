@@ -82,7 +82,9 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     delta = top - x.amin(1)
     inv = torch.where(delta > 0, delta, torch.ones_like(delta)).reciprocal_()
     hue = torch.where(
-        top == r, (g - b).mul_(inv), torch.where(top == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0))
+        top == r,
+        (g - b).mul_(inv),
+        torch.where(top == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)),
     )
     hue.add_(_per_sample(shift * 6.0, x).view(-1, 1, 1)).remainder_(6.0)
     out = torch.empty_like(x)

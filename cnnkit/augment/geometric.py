@@ -90,7 +90,11 @@ def _fill_values(fill: float | Sequence[float] | None, images: Tensor) -> Tensor
     values = torch.as_tensor(fill, dtype=torch.float32, device=images.device).flatten()
     if not bool(values.any()):
         return None
-    return values.expand(images.shape[1]).reshape(1, -1, 1, 1) if values.numel() == 1 else values.view(1, -1, 1, 1)
+    return (
+        values.expand(images.shape[1]).reshape(1, -1, 1, 1)
+        if values.numel() == 1
+        else values.view(1, -1, 1, 1)
+    )
 
 
 def warp(
@@ -176,7 +180,9 @@ def _warp_targets(
     new_semantic = {}
     if semantic:
         masks = torch.stack([targets[i]["mask"] for i in semantic])
-        moved = F.grid_sample(masks.unsqueeze(1).float(), grid[torch.tensor(semantic)], "nearest", "zeros", False)
+        moved = F.grid_sample(
+            masks.unsqueeze(1).float(), grid[torch.tensor(semantic)], "nearest", "zeros", False
+        )
         new_semantic = dict(zip(semantic, moved.squeeze(1).to(masks.dtype)))
 
     square = torch.eye(3, dtype=torch.float64).repeat(inverse.shape[0], 1, 1)
@@ -418,7 +424,9 @@ class RandomRotation(Transform):
         fill: float | Sequence[float] | None = 0,
     ) -> None:
         if expand:
-            raise ConfigError("RandomRotation(expand=True) would give each sample its own size; use expand=False")
+            raise ConfigError(
+                "RandomRotation(expand=True) would give each sample its own size; use expand=False"
+            )
         self.degrees = as_range(degrees, "degrees")
         self.interpolation = interpolation_mode(interpolation)
         self.expand = False
