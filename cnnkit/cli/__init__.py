@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from cnnkit.errors import CnnkitError
 
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = ("models", "summary", "train", "eval", "predict")
 
 
 class _Parser(argparse.ArgumentParser):
