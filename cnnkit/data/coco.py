@@ -51,6 +51,11 @@ class COCODataset(AnnotatedImages):
         """Decode the record's segmentations to ``masks`` uint8 ``(N, H, W)`` when read with masks."""
         if not self.with_masks:
             return {}
+        for seg in record.extra["segmentations"]:
+            if isinstance(seg, dict) and list(seg["size"]) != [height, width]:
+                raise DataError(
+                    f"{record.source}: RLE size {seg['size']} is not the image's [{height}, {width}]"
+                )
         masks = [_decode_segmentation(seg, height, width) for seg in record.extra["segmentations"]]
         stacked = (
             torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, height, width, dtype=torch.uint8)
@@ -83,6 +88,13 @@ def _check_segmentation(segmentation: Any, where: str) -> None:
     elif not (isinstance(segmentation, dict) and {"counts", "size"} <= segmentation.keys()):
         raise DataError(
             f"{where}: segmentation must be a polygon list or an RLE dict with 'counts' and 'size'"
+        )
+    elif isinstance(segmentation["counts"], list) and sum(segmentation["counts"]) != np.prod(
+        segmentation["size"]
+    ):
+        raise DataError(
+            f"{where}: RLE counts sum to {sum(segmentation['counts'])}, not height * width of size "
+            f"{segmentation['size']}"
         )
 
 
