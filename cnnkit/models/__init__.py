@@ -8,6 +8,8 @@ from cnnkit.models.registry import ModelCard, create_model, list_models, model_c
 
 # isort: off
 from cnnkit.models import lenet  # noqa: F401
+from cnnkit.models import alexnet  # noqa: F401
+from cnnkit.models import vgg  # noqa: F401
 from cnnkit.models import resnet  # noqa: F401
 from cnnkit.models import efficientnet  # noqa: F401
 from cnnkit.models import googlenet  # noqa: F401
