@@ -12,25 +12,22 @@ Grammar (layer names are case-insensitive; whitespace between tokens is ignored)
     layer    := NAME [ "(" [ argument ( "," argument )* ] ")" ]
     argument := value | key "=" value
 
-Layers, in the order a spec may use them:
+Layers:
 
-=============================================  ===============================================================
-``Input(CxHxW)`` / ``Input(HxW)``               required, first and only first; ``HxW`` means one channel
-``Conv(KxK,C[,s=1][,p=valid][,d=1][,g=1])``     2-D convolution to ``C`` channels; ``K`` alone means ``KxK``;
-                                                ``p`` is ``valid`` (0, the default, as LeNet needs: 32 -> 28),
-                                                ``same`` (``d*(K-1)/2`` per side; odd effective kernels only)
-                                                or a number; long keys ``stride``, ``padding``, ``dilation``,
-                                                ``groups`` work too
-``DWConv(KxK[,s=1][,p=valid][,d=1])``           depthwise convolution (one filter per channel, same channels)
-``Pool``                                        2x2 pooling, stride 2 (max; ``build(..., pool="avg")``: average)
-``MaxPool(K[,s][,p=0])`` / ``AvgPool(K[,s][,p=0])``  pooling window ``K`` (or ``KxK``), stride ``s`` (default ``K``)
-``GAP``                                         global average pooling to ``(N, C)``
-``BN``                                          batch norm (2-D on maps, 1-D after flattening)
-``ReLU`` ``GELU`` ``SiLU`` ``Tanh`` ``Sigmoid``   activations; ``LeakyReLU(slope)`` (default 0.01);
-``LeakyReLU`` ``Identity``                      ``Identity`` adds nothing (it only replaces the default)
-``Dropout(p)``                                  dropout with probability ``p`` (default 0.5)
-``FC(N)``                                       fully connected layer to ``N`` units; flattens a map first
-=============================================  ===============================================================
+- ``Input(CxHxW)`` or ``Input(HxW)`` (one channel): required, first and only first.
+- ``Conv(KxK,C[,s=1][,p=valid][,d=1][,g=1])``: convolution to ``C`` channels; ``K`` alone means ``KxK``;
+  ``p`` is ``valid`` (0, the default, as the page's LeNet needs: 32 -> 28), ``same`` (``d*(K-1)/2`` per
+  side; odd effective kernels only) or a number; the long keys ``stride``, ``padding``, ``dilation``,
+  ``groups`` work too.
+- ``DWConv(KxK[,s=1][,p=valid][,d=1])``: depthwise convolution (one filter per channel, same channels).
+- ``Pool``: 2x2 pooling with stride 2 (max; average with ``build(..., pool="avg")``).
+- ``MaxPool(K[,s][,p=0])``, ``AvgPool(K[,s][,p=0])``: window ``K`` (or ``KxK``), stride ``s`` (default ``K``).
+- ``GAP``: global average pooling to ``(N, C)``.
+- ``BN``: batch norm (2-D on maps, 1-D after flattening).
+- ``ReLU``, ``GELU``, ``SiLU``, ``Tanh``, ``Sigmoid``, ``LeakyReLU(slope)`` (default 0.01), ``Identity``
+  (adds nothing; it only replaces the default activation).
+- ``Dropout(p)``: dropout with probability ``p`` (default 0.5).
+- ``FC(N)``: fully connected layer to ``N`` units; flattens a map first.
 
 Default activation: every ``Conv``, ``DWConv`` and ``FC`` is followed by the default activation (``ReLU``,
 or ``build(..., act="tanh")`` etc.) except the last of them, which produces the output. An explicit
