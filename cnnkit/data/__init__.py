@@ -13,6 +13,7 @@ from cnnkit.data.collate import collate_classification, collate_detection
 from cnnkit.data.generated import MNISTDetection, MNISTSegmentation, Shapes
 from cnnkit.data.image_io import DEFAULT_MAX_PIXELS, CorruptImageError, image_size, read_image, write_png
 from cnnkit.data.masks import MaskFolder, read_mask, write_mask_folder
+from cnnkit.data.statistics import DetectionStatistics, detection_statistics
 from cnnkit.data.targets import check_boxes, check_labels
 from cnnkit.data.voc import read_voc, write_voc
 from cnnkit.data.yolo import YOLODataset, read_yolo, write_yolo
@@ -22,6 +23,7 @@ __all__ = [
     "AnnotatedImages",
     "COCODataset",
     "CorruptImageError",
+    "DetectionStatistics",
     "ImageFolder",
     "ImageRecord",
     "MNIST5k",
@@ -34,6 +36,7 @@ __all__ = [
     "check_labels",
     "collate_classification",
     "collate_detection",
+    "detection_statistics",
     "image_size",
     "mnist5k_split_indices",
     "read_coco",
