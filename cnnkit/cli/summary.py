@@ -50,10 +50,10 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
         SpecError: anything but three positive integers of at most 6 digits joined by ``x``.
     """
     match = re.fullmatch(r"([0-9]{1,6})[xX]([0-9]{1,6})[xX]([0-9]{1,6})", text.strip(), re.ASCII)
-    size = tuple(int(v) for v in match.groups()) if match else ()
-    if len(size) != 3 or min(size) < 1:
+    if match is None or min(int(v) for v in match.groups()) < 1:
         raise SpecError(f"--input must be CxHxW with positive whole numbers, e.g. 3x224x224; got {text!r}")
-    return size  # type: ignore[return-value]
+    c, h, w = (int(v) for v in match.groups())
+    return c, h, w
 
 
 def load_target(
