@@ -1,0 +1,231 @@
+"""Standard trainer callbacks: checkpoints, progress, CSV log, early stopping, plots."""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from cnnkit import transfer
+from cnnkit.engine.checkpoint import save_checkpoint, save_weights
+from cnnkit.engine.trainer import Callback, Trainer
+from cnnkit.errors import ConfigError
+
+
+def metric_is_better(name: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` improves on ``best``; metrics named ``*loss*`` are minimised, others maximised."""
+    if best is None:
+        return True
+    return value < best if "loss" in name else value > best
+
+
+class CheckpointCallback(Callback):
+    """Save ``last`` after every epoch (and on Ctrl-C), ``best`` when the chosen metric improves.
+
+    A NaN/inf loss saves nothing, so ``last`` stays the last good checkpoint.
+
+    Args:
+        run_dir: the run directory.
+        metric: validation metric that selects ``best`` (``accuracy``, ``loss``, ``map50``, ``miou``...).
+        extra_metadata: JSON-serialisable data stored with every checkpoint (e.g. the resolved config).
+    """
+
+    def __init__(
+        self, run_dir: pathlib.Path, metric: str = "accuracy", extra_metadata: dict[str, Any] | None = None
+    ):
+        self.run_dir = pathlib.Path(run_dir)
+        self.metric = metric
+        self.extra = extra_metadata or {}
+        self.best: float | None = None
+
+    def _meta(self, trainer: Trainer) -> dict[str, Any]:
+        return {**self.extra, **trainer.position(), "best_metric": self.metric, "best_value": self.best}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.history and self.metric in trainer.history[-1]:
+            values = [row[self.metric] for row in trainer.history if self.metric in row]
+            for v in values:
+                if metric_is_better(self.metric, v, self.best):
+                    self.best = v
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        value = metrics.get(self.metric)
+        if trainer.is_main and value is not None and metric_is_better(self.metric, value, self.best):
+            self.best = value
+            meta = {**self._meta(trainer), "epoch": trainer.epoch + 1, "batch_in_epoch": 0}
+            save_weights(self.run_dir / "best.safetensors", trainer.eval_model, meta)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if trainer.is_main:
+            save_checkpoint(self.run_dir, trainer._unwrapped(), trainer.state_dict(), self._meta(trainer))
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        if trainer.is_main:
+            save_checkpoint(self.run_dir, trainer._unwrapped(), trainer.state_dict(), self._meta(trainer))
+
+
+class CSVLogger(Callback):
+    """Append one row per epoch to ``metrics.csv`` (scalar metrics only)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = pathlib.Path(path)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if not trainer.is_main:
+            return
+        rows = trainer.history
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class EarlyStopping(Callback):
+    """Stop when ``metric`` has not improved for ``patience`` epochs."""
+
+    def __init__(self, metric: str, patience: int) -> None:
+        self.metric = metric
+        self.patience = patience
+        self.best: float | None = None
+        self.bad_epochs = 0
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        value = metrics.get(self.metric)
+        if value is None:
+            return
+        if metric_is_better(self.metric, value, self.best):
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                trainer.should_stop = True
+
+
+class ProgressCallback(Callback):
+    """Rich progress bars (epoch and batch: loss, metric, throughput, ETA); plain lines when not a TTY.
+
+    Args:
+        metric: validation metric shown per epoch.
+        print_fn: where plain lines go (default ``print`` to stdout).
+        force_plain: plain lines even on a terminal.
+    """
+
+    def __init__(
+        self, metric: str = "accuracy", print_fn: Callable[[str], None] = print, force_plain: bool = False
+    ):
+        self.metric = metric
+        self.print = print_fn
+        self.plain = force_plain or not sys.stdout.isatty()
+        self.progress = None
+        self._last_update = 0.0
+        self._samples = 0
+        self._start = 0.0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if not trainer.is_main or self.plain:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        self.epoch_bar = self.progress.add_task(
+            "epochs", total=trainer.epochs, completed=trainer.epoch, info=""
+        )
+        self.batch_bar = self.progress.add_task("batches", total=len(trainer.train_loader), info="")
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self._start = time.perf_counter()
+        self._samples = 0
+        if self.progress is not None:
+            self.progress.reset(
+                self.batch_bar, total=len(trainer.train_loader), completed=trainer.batch_in_epoch
+            )
+            self.progress.update(self.batch_bar, description=f"epoch {trainer.epoch + 1}/{trainer.epochs}")
+
+    def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        self._samples += trainer.train_loader.sampler.batch_size * trainer.accumulate
+        if self.progress is None:
+            return
+        now = time.perf_counter()
+        if now - self._last_update < 0.2:  # rendering every step would cost more than small steps do
+            return
+        self._last_update = now
+        rate = self._samples / max(now - self._start, 1e-9)
+        self.progress.update(
+            self.batch_bar,
+            completed=trainer.batch_in_epoch,
+            info=f"loss {loss.item():.4f}  {rate:,.0f} img/s  lr {trainer.lr:.2e}",
+        )
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if not trainer.is_main:
+            return
+        row = trainer.history[-1]
+        metric = row.get(self.metric)
+        shown = f"{self.metric} {metric:.4f}" if isinstance(metric, float) else ""
+        rate = self._samples / max(trainer.epoch_time, 1e-9)
+        text = f"epoch {row['epoch']}/{trainer.epochs}  train_loss {row['train_loss']:.4f}  {shown}  {rate:,.0f} img/s  {row['time']:.1f}s"
+        if self.progress is not None:
+            self.progress.update(self.batch_bar, completed=len(trainer.train_loader))
+            self.progress.update(self.epoch_bar, completed=trainer.epoch, info=shown)
+            self.progress.console.print(text)
+        else:
+            self.print(text)
+
+    def _stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self._stop()
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        self._stop()
+
+    def on_nonfinite(self, trainer: Trainer) -> None:
+        self._stop()
+
+
+class ProgressiveUnfreezing(Callback):
+    """Unfreeze one more stage, top to bottom, every ``every`` epochs (Howard & Ruder, 2018).
+
+    At epoch ``e`` the ``e // every`` highest frozen backbone stages (as frozen at the start of training)
+    are trainable; the schedule depends only on the epoch, so resumed runs follow it too.
+    """
+
+    def __init__(self, every: int) -> None:
+        if every < 1:
+            raise ConfigError(f"progressive unfreezing needs every >= 1, got {every}")
+        self.every = every
+        self.initially_frozen: list[str] | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.initially_frozen is None:
+            frozen = set(transfer.frozen_stages(trainer.model))
+            self.initially_frozen = [s for s in reversed(transfer.stage_names(trainer.model)) if s in frozen]
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        count = min(trainer.epoch // self.every, len(self.initially_frozen or []))
+        if count:
+            transfer.unfreeze(trainer.model, self.initially_frozen[:count])

@@ -1,0 +1,1 @@
+"""Task models and their losses, post-processing and metrics: classification, detection, segmentation."""
