@@ -12,6 +12,7 @@ from cnnkit.layers.inception import (
     InceptionE,
 )
 from cnnkit.layers.mbconv import MBConv, make_divisible
+from cnnkit.layers.mobile import InvertedResidual, MobileNetV3Block
 from cnnkit.layers.norm import LayerNorm2d
 from cnnkit.layers.regularization import StochasticDepth
 from cnnkit.layers.residual import BasicBlock, Bottleneck
@@ -34,6 +35,8 @@ __all__ = [
     "InceptionC",
     "InceptionD",
     "InceptionE",
+    "InvertedResidual",
+    "MobileNetV3Block",
     "SqueezeExcite",
     "StochasticDepth",
 ]

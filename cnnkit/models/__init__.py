@@ -14,6 +14,7 @@ from cnnkit.models import resnet  # noqa: F401
 from cnnkit.models import efficientnet  # noqa: F401
 from cnnkit.models import googlenet  # noqa: F401
 from cnnkit.models import inception  # noqa: F401
+from cnnkit.models import mobilenet  # noqa: F401
 from cnnkit.models import convnext  # noqa: F401
 
 __all__ = [
