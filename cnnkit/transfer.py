@@ -112,9 +112,9 @@ def freeze(model: nn.Module, until: str | None = None, freeze_bn: bool = True) -
         The frozen stage names.
     """
     names = stage_names(model)
-    last = names.index(until) if until is not None else len(names) - 2
     if until is not None:
         _check_stages(model, [until])
+    last = names.index(until) if until is not None else len(names) - 2
     frozen = names[: last + 1]
     _set_trainable(model, frozen, False, freeze_bn)
     return frozen
