@@ -28,26 +28,23 @@ __all__ = [
 Padding = int | Literal["valid", "same"]
 
 
-def _check_positive(**values: int) -> None:
+def _check_at_least(minimum: int, **values: int) -> None:
     bad = {
         name: v
         for name, v in values.items()
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum
     }
     if bad:
         got = ", ".join(f"{name}={v!r}" for name, v in bad.items())
-        raise ValueError(f"expected positive integers, got {got}")
+        raise ValueError(f"expected integers >= {minimum}, got {got}")
+
+
+def _check_positive(**values: int) -> None:
+    _check_at_least(1, **values)
 
 
 def _check_non_negative(**values: int) -> None:
-    bad = {
-        name: v
-        for name, v in values.items()
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0
-    }
-    if bad:
-        got = ", ".join(f"{name}={v!r}" for name, v in bad.items())
-        raise ValueError(f"expected non-negative integers, got {got}")
+    _check_at_least(0, **values)
 
 
 def _kernel_hw(kernel: int | Sequence[int]) -> tuple[int, int]:
