@@ -146,6 +146,10 @@ def read_coco(
     """
     json_path, image_dir = Path(json_path), Path(image_dir)
     data = _load_json(json_path)
+    for key, required in (("images", ("id", "file_name")), ("categories", ("id", "name"))):
+        for entry in data[key]:
+            if not isinstance(entry, dict) or any(field not in entry for field in required):
+                raise DataError(f"{json_path}: every entry of '{key}' needs {list(required)}, got {entry!r}")
     categories = sorted(data["categories"], key=lambda c: c["id"])
     category_ids = [int(c["id"]) for c in categories]
     label_of = {cid: label for label, cid in enumerate(category_ids)}

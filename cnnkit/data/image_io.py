@@ -27,7 +27,7 @@ from cnnkit.errors import DataError, did_you_mean
 
 ImageMode = Literal["RGB", "GRAY", "UNCHANGED"]
 
-DEFAULT_MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 0)
+DEFAULT_MAX_PIXELS: int | None = Image.MAX_IMAGE_PIXELS
 """Pillow's decompression-bomb limit (about 89.5 million pixels), the default ``max_pixels``."""
 
 _READ_MODES = {"RGB": ImageReadMode.RGB, "GRAY": ImageReadMode.GRAY, "UNCHANGED": ImageReadMode.UNCHANGED}

@@ -179,6 +179,14 @@ def test_coco_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(DataError, match="bad.json: not valid JSON"):
         read_coco(tmp_path / "bad.json", tmp_path)
+    (tmp_path / "bad.json").write_text('{"images": [{"id": 1}], "annotations": [], "categories": []}')
+    with pytest.raises(DataError, match=r"bad.json: every entry of 'images' needs \['id', 'file_name'\]"):
+        read_coco(tmp_path / "bad.json", tmp_path)
+    (tmp_path / "bad.json").write_text('{"images": []}')
+    with pytest.raises(
+        DataError, match=r"bad.json: not a COCO file; missing keys \['annotations', 'categories'\]"
+    ):
+        read_coco(tmp_path / "bad.json", tmp_path)
     with pytest.raises(DataError, match=r"annotation id 5\): category_id 4 is out of range"):
         read_coco(small_coco(tmp_path, category_id=4), tmp_path)
     with pytest.raises(DataError, match=r"annotation id 5\): bbox must be"):
