@@ -2,6 +2,7 @@
 
 from cnnkit.layers.conv import ConvNormAct, DepthwiseSeparableConv
 from cnnkit.layers.convnext_block import ConvNeXtBlock, Permute
+from cnnkit.layers.dense import DenseBlock, DenseLayer, Transition
 from cnnkit.layers.inception import (
     BasicConv,
     InceptionA,
@@ -22,6 +23,8 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ConvNeXtBlock",
+    "DenseBlock",
+    "DenseLayer",
     "MBConv",
     "Permute",
     "make_divisible",
@@ -39,4 +42,5 @@ __all__ = [
     "MobileNetV3Block",
     "SqueezeExcite",
     "StochasticDepth",
+    "Transition",
 ]

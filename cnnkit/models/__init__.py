@@ -11,6 +11,7 @@ from cnnkit.models import lenet  # noqa: F401
 from cnnkit.models import alexnet  # noqa: F401
 from cnnkit.models import vgg  # noqa: F401
 from cnnkit.models import resnet  # noqa: F401
+from cnnkit.models import densenet  # noqa: F401
 from cnnkit.models import efficientnet  # noqa: F401
 from cnnkit.models import googlenet  # noqa: F401
 from cnnkit.models import inception  # noqa: F401
