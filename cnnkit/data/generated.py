@@ -68,11 +68,11 @@ class _GeneratedSet(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def _rng(self, index: int) -> tuple[int, np.random.Generator]:
+    def _rng(self, index: int) -> np.random.Generator:
+        """The random stream of item ``index`` (negative indices count from the end)."""
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for a set of {self.size} items")
-        index %= self.size
-        return index, np.random.default_rng([self.seed, _SPLITS[self.split], index])
+        return np.random.default_rng([self.seed, _SPLITS[self.split], index % self.size])
 
     def _place(
         self, rng: np.random.Generator, height: int, width: int, boxes: list[Box], max_iou: float
@@ -135,7 +135,7 @@ class MNISTDetection(_GeneratedSet):
 
     def _layout(self, index: int) -> tuple[list[int], list[Box], list[np.ndarray]]:
         """Draw item ``index``: digit labels, their boxes, and their cropped uint8 patches."""
-        index, rng = self._rng(index)
+        rng = self._rng(index)
         labels: list[int] = []
         boxes: list[Box] = []
         patches: list[np.ndarray] = []
@@ -257,7 +257,7 @@ class Shapes(_GeneratedSet):
         self.scale = _check_range("scale", scale, 0.0)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        index, rng = self._rng(index)
+        rng = self._rng(index)
         size = self.image_size
         image = torch.from_numpy(rng.integers(0, 64, size=3).astype(np.uint8))[:, None, None].repeat(
             1, size, size
