@@ -10,6 +10,7 @@ Boxes and masks move with geometric transforms; boxes that leave the image are d
 :mod:`cnnkit.augment.base`).
 """
 
+from cnnkit.augment.affine import RandomAffine
 from cnnkit.augment.base import MIN_BOX_SIZE, Compose, RandomApply, Transform
 from cnnkit.augment.color import ColorJitter, Normalize, adjust_hue
 from cnnkit.augment.config import TRANSFORMS, build_transform, load_transform
@@ -39,6 +40,7 @@ __all__ = [
     "MixUp",
     "Normalize",
     "RandAugment",
+    "RandomAffine",
     "RandomApply",
     "RandomErasing",
     "RandomHorizontalFlip",

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from cnnkit.augment.affine import RandomAffine
 from cnnkit.augment.base import Compose, RandomApply, Transform
 from cnnkit.augment.color import ColorJitter, Normalize
 from cnnkit.augment.erasing import Cutout, RandomErasing
@@ -32,6 +33,7 @@ TRANSFORMS: dict[str, type[Transform]] = {
         MixUp,
         Normalize,
         RandAugment,
+        RandomAffine,
         RandomApply,
         RandomErasing,
         RandomResizedCrop,

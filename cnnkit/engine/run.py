@@ -150,9 +150,9 @@ def build_augment(specs: list[Any]) -> Any | None:
     """The batched augmentation pipeline described by a config list (``None`` when empty)."""
     if not specs:
         return None
-    from cnnkit.augment import from_config
+    from cnnkit.augment import build_transform
 
-    return from_config(specs)
+    return build_transform(list(specs), "augment")
 
 
 def _normalization(
