@@ -33,8 +33,9 @@ class AlexNet(ClassifierModel):
     """AlexNet: ``features`` (five convolutions, three max pools), ``avgpool`` to 6x6, ``classifier``.
 
     ``feature_info`` holds the activation after conv1 (reduction 4), conv2 (8) and conv5 (16), and the
-    output of ``features`` (32). ``num_features`` is 4096, the width entering the last linear layer
-    ``classifier.6``; ``forward_head(x, pre_logits=True)`` returns that 4096-vector.
+    output of ``features`` (32). As in timm, ``num_features`` is the channel count of
+    that last map (256) and ``head_hidden_size`` (4096) the width entering the last linear layer
+    ``classifier.6``, which ``forward_head(x, pre_logits=True)`` returns.
 
     Args:
         num_classes: classifier outputs (0: ``forward`` returns the 4096 pre-logits).
@@ -51,7 +52,8 @@ class AlexNet(ClassifierModel):
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.num_features = 4096
+        self.num_features = 256
+        self.head_hidden_size = 4096
         self.features = nn.Sequential(
             nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2),
             nn.ReLU(inplace=True),
@@ -103,6 +105,19 @@ class AlexNet(ClassifierModel):
         for layer in hidden:
             x = layer(x)
         return x if pre_logits else last(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``classifier.6`` with a fresh ``Linear(head_hidden_size, num_classes)`` (0: identity).
+
+        Args:
+            num_classes: outputs of the new classifier.
+        """
+        old = self.classifier[6]
+        new = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(old, nn.Linear):
+            new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        self.classifier[6] = new
+        self.num_classes = num_classes
 
     def head_modules(self) -> list[str]:
         """The pooling and the whole three-layer classifier, unused by the stage maps."""

@@ -42,8 +42,9 @@ class VGG(ClassifierModel):
     """A VGG network: ``features`` (conv stages), ``avgpool`` to 7x7, ``classifier`` (three linear layers).
 
     ``feature_info`` holds the last activation of stages 2 to 5 (reductions 2, 4, 8, 16, before their max
-    pool) and the output of ``features`` (reduction 32). ``num_features`` is 4096, the width entering the
-    last linear layer ``classifier.6``; ``forward_head(x, pre_logits=True)`` returns that 4096-vector.
+    pool) and the output of ``features`` (reduction 32). As in timm, ``num_features`` is the channel count of
+    that last map (512) and ``head_hidden_size`` (4096) the width entering the last linear layer
+    ``classifier.6``, which ``forward_head(x, pre_logits=True)`` returns.
 
     Args:
         convs_per_stage: number of 3x3 convolutions in each of the five stages.
@@ -71,7 +72,8 @@ class VGG(ClassifierModel):
         if len(convs_per_stage) != len(STAGE_WIDTHS):
             raise ConfigError(f"a VGG has 5 stages; got convs_per_stage={tuple(convs_per_stage)}")
         self.num_classes = num_classes
-        self.num_features = 4096
+        self.num_features = 512
+        self.head_hidden_size = 4096
 
         layers: list[nn.Module] = []
         info, stage_ends = [], []
@@ -138,6 +140,19 @@ class VGG(ClassifierModel):
         for layer in hidden:
             x = layer(x)
         return x if pre_logits else last(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``classifier.6`` with a fresh ``Linear(head_hidden_size, num_classes)`` (0: identity).
+
+        Args:
+            num_classes: outputs of the new classifier.
+        """
+        old = self.classifier[6]
+        new = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(old, nn.Linear):
+            new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        self.classifier[6] = new
+        self.num_classes = num_classes
 
     def head_modules(self) -> list[str]:
         """The pooling and the whole three-layer classifier, unused by the stage maps."""

@@ -48,12 +48,16 @@ def test_minimum_input_size_is_63(pair):
 def test_head_pre_logits_fx_and_reset_classifier(pair):
     ours, _ = pair
     x = torch.randn(2, 3, 64, 64)
-    pre = ours.forward_head(ours.forward_features(x), pre_logits=True)
-    assert pre.shape == (2, 4096)
+    features = ours.forward_features(x)
+    assert features.shape[1] == ours.num_features == 256
+    pre = ours.forward_head(features, pre_logits=True)
+    assert pre.shape == (2, ours.head_hidden_size) == (2, 4096)
     torch.testing.assert_close(ours(x), ours.classifier[6](pre))
     torch.testing.assert_close(torch.fx.symbolic_trace(ours)(x), ours(x))
     ours.reset_classifier(5)
-    assert ours(x).shape == (2, 5)
+    assert ours(x).shape == (2, 5) and ours.classifier[6].in_features == 4096
+    ours.reset_classifier(0)
+    torch.testing.assert_close(ours(x), pre)
 
 
 def test_in_chans_and_backward():

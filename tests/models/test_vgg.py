@@ -123,8 +123,10 @@ def test_fx_traceable(pair):
 def test_head_pre_logits_and_reset_classifier(pair):
     ours, _ = pair
     x = torch.randn(2, 3, 32, 32)
-    pre = ours.forward_head(ours.forward_features(x), pre_logits=True)
-    assert pre.shape == (2, ours.num_features) == (2, 4096)
+    features = ours.forward_features(x)
+    assert features.shape[1] == ours.num_features == 512
+    pre = ours.forward_head(features, pre_logits=True)
+    assert pre.shape == (2, ours.head_hidden_size) == (2, 4096)
     torch.testing.assert_close(ours(x), ours.classifier[6](pre))
     ours.reset_classifier(3)
     assert ours(x).shape == (2, 3) and ours.classifier[6].in_features == 4096
