@@ -24,7 +24,6 @@ SMALL = [
     "epochs=3",
     "plots=false",
     "progress=false",
-    "augment=[]",
 ]
 
 
