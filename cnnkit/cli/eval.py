@@ -40,7 +40,6 @@ def evaluate_checkpoint(path: str) -> dict:
             evaluator.update(model(images), labels)
     metrics = evaluator.compute()
     metrics["classes"] = meta["classes"]
-    metrics["samples"] = len(data.val)
     return metrics
 
 

@@ -115,13 +115,14 @@ class ClassificationEvaluator:
         all_reduce(self.totals)
 
     def compute(self) -> dict[str, Any]:
-        """``accuracy``, ``top5``, ``loss``, ``per_class_accuracy`` (list) and ``confusion`` (list of lists)."""
+        """``accuracy``, ``top5``, ``loss``, ``samples``, ``per_class_accuracy`` and ``confusion`` (lists)."""
         count = max(self.totals[2].item(), 1.0)
         per_class = self.confusion.diag().double() / self.confusion.sum(1).clamp(min=1).double()
         return {
             "accuracy": self.confusion.diag().sum().item() / count,
             "top5": self.totals[1].item() / count,
             "loss": self.totals[0].item() / count,
+            "samples": int(self.totals[2].item()),
             "per_class_accuracy": per_class.tolist(),
             "confusion": self.confusion.tolist(),
         }
