@@ -10,8 +10,9 @@ strategy            what trains                                   when
 ``full``            everything                                    large dataset
 =================== ============================================= ===========================
 
-Stages come from the feature contract: ``"stem"`` (everything before the first stage), then each
-``feature_info`` module in input-to-output order, then ``"head"`` (``model.head_modules()``). A frozen
+Stages come from the feature contract: each ``feature_info`` module in input-to-output order (a stage owns
+everything computed up to its output map, so the stem belongs to the first), then ``"head"``
+(``model.head_modules()``). A frozen
 stage's parameters stop requiring gradients and its BatchNorm layers stay in eval mode, so their running
 statistics do not move while the rest of the model trains (``freeze_bn=True``). Progressive unfreezing is
 the trainer callback :class:`cnnkit.engine.callbacks.ProgressiveUnfreezing`.
@@ -45,33 +46,36 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def stage_names(model: nn.Module) -> list[str]:
-    """``["stem", <feature_info modules>..., "head"]`` in input-to-output order."""
+    """``[<feature_info modules>..., "head"]`` in input-to-output order."""
     model = _unwrap(model)
-    return ["stem", *[info["module"] for info in model.feature_info], "head"]
+    return [*[info["module"] for info in model.feature_info], "head"]
 
 
 def stage_modules(model: nn.Module) -> dict[str, list[str]]:
-    """Parameter names of each stage (see the module docstring for the rule).
+    """Parameter names of each stage.
 
-    A parameter belongs to the head when it is under a head module, to a feature stage when it is under
-    that stage's module, and otherwise to the stage of the parameter registered before it (``stem`` at
-    the start), so glue layers (a final norm, a 1x1 conv head) join the stage they follow.
+    A parameter under a head module belongs to ``head``; under a stage's module, to that stage. Any other
+    parameter (the stem, glue between stages such as a final 1x1 conv) belongs to the first stage whose
+    module is registered after its own, or to the last stage when none is: a stage is everything computed
+    up to its output map, so the stem belongs to the first stage.
     """
     model = _unwrap(model)
     names = stage_names(model)
-    prefixes = {name: name + "." for name in names[1:-1]}
+    feature_stages = names[:-1]
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     head = tuple(h + "." for h in model.head_modules())
     groups: dict[str, list[str]] = {name: [] for name in names}
-    current = "stem"
     for pname, _ in model.named_parameters():
+        owner = pname.rpartition(".")[0]
         if pname.startswith(head):
             groups["head"].append(pname)
             continue
-        for stage, prefix in prefixes.items():
-            if pname.startswith(prefix):
-                current = stage
-                break
-        groups[current].append(pname)
+        inside = [s for s in feature_stages if pname.startswith(s + ".")]
+        if inside:
+            groups[inside[0]].append(pname)
+            continue
+        later = [s for s in feature_stages if order.get(s, -1) > order.get(owner, -1)]
+        groups[later[0] if later else feature_stages[-1]].append(pname)
     return groups
 
 
@@ -106,7 +110,7 @@ def _set_trainable(model: nn.Module, stages: Sequence[str], trainable: bool, fre
 
 
 def freeze(model: nn.Module, until: str | None = None, freeze_bn: bool = True) -> list[str]:
-    """Freeze the stages from the input up to and including ``until`` (default: all but the head).
+    """Freeze the stages from the input up to and including ``until`` (default: every stage but the head).
 
     Returns:
         The frozen stage names.

@@ -26,10 +26,12 @@ def trainable_stages(model):
 
 def test_stage_names_follow_the_feature_contract(resnet):
     names = transfer.stage_names(resnet)
-    assert names[0] == "stem" and names[-1] == "head"
+    assert names[-1] == "head"
     assert [n for n in names if n.startswith("layer")] == ["layer1", "layer2", "layer3", "layer4"]
     groups = transfer.stage_modules(resnet)
-    assert "conv1.weight" in groups["stem"] and groups["head"] == ["fc.weight", "fc.bias"]
+    # The stem belongs to the first stage (the map after the stem's activation).
+    assert "conv1.weight" in groups[names[0]] and names[0] not in ("layer1", "head")
+    assert groups["head"] == ["fc.weight", "fc.bias"]
     assert sum(len(v) for v in groups.values()) == len(list(resnet.parameters()))
 
 
@@ -82,7 +84,7 @@ def test_param_groups_discriminative_lrs(resnet):
     assert by_param[id(resnet.fc.weight)]["lr_scale"] == 1.0
     assert by_param[id(resnet.layer4[0].conv1.weight)]["lr_scale"] == pytest.approx(0.1)
     assert by_param[id(resnet.layer3[0].conv1.weight)]["lr_scale"] == pytest.approx(0.05)
-    assert by_param[id(resnet.conv1.weight)]["lr_scale"] == pytest.approx(0.1 * 0.5**4)
+    assert by_param[id(resnet.conv1.weight)]["lr_scale"] == pytest.approx(0.1 * 0.5**4)  # stage 0 of 5
     assert by_param[id(resnet.bn1.weight)]["weight_decay"] == 0.0
     assert by_param[id(resnet.conv1.weight)]["weight_decay"] == 0.01
     assert len(by_param) == len(list(resnet.parameters()))
@@ -107,3 +109,9 @@ def test_progressive_unfreezing_goes_top_to_bottom(resnet):
         cb.on_epoch_start(trainer)
         seen.append(trainable_stages(resnet)[0])
     assert seen == ["head", "head", "layer4", "layer4", "layer3", "layer3", "layer2", "layer2"]
+
+
+def test_lenet_stages_put_the_convolutions_before_the_head():
+    groups = transfer.stage_modules(cnnkit.create_model("lenet5"))
+    convs = [n for stage, names in groups.items() if stage != "head" for n in names]
+    assert convs == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
