@@ -282,7 +282,9 @@ def efficientnet(
         alpha / beta / gamma: depth / width / resolution bases.
         num_classes: classifier outputs.
         in_chans: input channels.
-        **kwargs: further :class:`EfficientNet` options (``drop_rate``, ``drop_path_rate``, ``norm_layer``).
+        **kwargs: further :class:`EfficientNet` options (``drop_rate``, ``drop_path_rate``, ``norm_layer``);
+            dropout and stochastic depth stay at B0's 0.2 unless given (the paper raises dropout from 0.2
+            for B0 to 0.5 for B7).
 
     Returns:
         The scaled :class:`EfficientNet`, with ``default_cfg`` set.
