@@ -43,7 +43,7 @@ def test_eval_output_equals_torchvision_at_min_size(pair, transform_input, gener
     with torch.no_grad():
         expected = theirs.eval()(x)
         out = ours.eval()(x)
-    assert expected.abs().max() > 1.0
+    assert (expected[0] - expected[1]).abs().max() > 1e-2  # the output depends on the input (atol 1e-5)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
