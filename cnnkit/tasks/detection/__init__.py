@@ -1,0 +1,1 @@
+"""Object detection: boxes and overlap measures, anchors, detectors, and COCO evaluation."""
