@@ -1,5 +1,6 @@
 """Torch building blocks shared by the model zoo and the task heads."""
 
+from cnnkit.layers.aspp import ASPP, ASPPPooling
 from cnnkit.layers.conv import ConvNormAct, DepthwiseSeparableConv
 from cnnkit.layers.convnext_block import ConvNeXtBlock, Permute
 from cnnkit.layers.dense import DenseBlock, DenseLayer, Transition
@@ -20,6 +21,8 @@ from cnnkit.layers.residual import BasicBlock, Bottleneck
 from cnnkit.layers.squeeze_excite import SqueezeExcite
 
 __all__ = [
+    "ASPP",
+    "ASPPPooling",
     "BasicBlock",
     "Bottleneck",
     "ConvNeXtBlock",
