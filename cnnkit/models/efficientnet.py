@@ -63,6 +63,13 @@ class StageConfig:
 
         ``channels = make_divisible(channels * width_mult, 8)``, ``layers = ceil(layers * depth_mult)``
         (the rounding of the paper's released code).
+
+        Args:
+            width_mult: channel multiplier.
+            depth_mult: layer-count multiplier.
+
+        Returns:
+            A new :class:`StageConfig`; kernel, stride and expansion are unchanged.
         """
         return replace(
             self,
