@@ -214,11 +214,11 @@ class GoogLeNet(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         """New ``fc`` (and new last layers ``fc2`` of the auxiliary heads) with ``num_classes`` outputs."""
         super().reset_classifier(num_classes)
+        reference = self.conv1.conv.weight
         for aux in (self.aux1, self.aux2):
             if aux is not None:
-                old = aux.fc2
-                aux.fc2 = nn.Linear(old.in_features, num_classes) if num_classes > 0 else nn.Identity()
-                aux.fc2.to(device=old.weight.device, dtype=old.weight.dtype)
+                aux.fc2 = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
+                aux.fc2.to(device=reference.device, dtype=reference.dtype)
 
     def head_modules(self) -> list[str]:
         """``fc`` and the auxiliary heads, which ``features_only`` drops."""

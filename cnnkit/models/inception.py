@@ -192,9 +192,9 @@ class InceptionV3(ClassifierModel):
         """New ``fc`` (and a new auxiliary ``AuxLogits.fc``) with ``num_classes`` outputs (0: identity)."""
         super().reset_classifier(num_classes)
         if self.AuxLogits is not None:
-            old = self.AuxLogits.fc
-            self.AuxLogits.fc = nn.Linear(old.in_features, num_classes) if num_classes > 0 else nn.Identity()
-            self.AuxLogits.fc.to(device=old.weight.device, dtype=old.weight.dtype)
+            reference = self.Conv2d_1a_3x3.conv.weight
+            self.AuxLogits.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
+            self.AuxLogits.fc.to(device=reference.device, dtype=reference.dtype)
 
     def head_modules(self) -> list[str]:
         """``fc`` and the auxiliary head, which ``features_only`` drops."""

@@ -101,6 +101,8 @@ def test_feature_info_matches_intermediates_and_min_input_runs():
 
 def test_reset_classifier_resizes_aux_heads_too():
     model = GoogLeNet(num_classes=10)
+    model.reset_classifier(0)
+    assert isinstance(model.aux1.fc2, torch.nn.Identity)
     model.reset_classifier(3)
     assert model.fc.out_features == model.aux1.fc2.out_features == model.aux2.fc2.out_features == 3
     with torch.no_grad():

@@ -105,6 +105,8 @@ def test_in_chans_reset_classifier_and_transform_input_check():
 
 def test_reset_classifier_resizes_the_aux_head():
     model = InceptionV3(num_classes=10)
+    model.reset_classifier(0)
+    assert isinstance(model.AuxLogits.fc, torch.nn.Identity)
     model.reset_classifier(3)
     assert model.fc.out_features == model.AuxLogits.fc.out_features == 3
     assert "AuxLogits" in model.head_modules()
