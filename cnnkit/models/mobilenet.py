@@ -155,7 +155,16 @@ class MobileNetV2(ClassifierModel):
 
 
 class BneckSetting(NamedTuple):
-    """One row of the MobileNetV3 tables: a :class:`~cnnkit.layers.mobile.MobileNetV3Block`."""
+    """One row of the MobileNetV3 tables: a :class:`~cnnkit.layers.mobile.MobileNetV3Block`.
+
+    Attributes:
+        kernel: depthwise kernel size (paper column "Operator").
+        expanded: expansion width ("exp size").
+        out: output channels ("#out").
+        use_se: squeeze-and-excitation ("SE").
+        hard_swish: hard-swish instead of ReLU ("NL": HS / RE).
+        stride: depthwise stride ("s").
+    """
 
     kernel: int
     expanded: int
