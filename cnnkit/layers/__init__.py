@@ -4,6 +4,7 @@ from cnnkit.layers.aspp import ASPP, ASPPPooling
 from cnnkit.layers.conv import ConvNormAct, DepthwiseSeparableConv
 from cnnkit.layers.convnext_block import ConvNeXtBlock, Permute
 from cnnkit.layers.dense import DenseBlock, DenseLayer, Transition
+from cnnkit.layers.fpn import FPN, LastLevelP6P7
 from cnnkit.layers.inception import (
     BasicConv,
     InceptionA,
@@ -28,6 +29,8 @@ __all__ = [
     "ConvNeXtBlock",
     "DenseBlock",
     "DenseLayer",
+    "FPN",
+    "LastLevelP6P7",
     "MBConv",
     "Permute",
     "make_divisible",
