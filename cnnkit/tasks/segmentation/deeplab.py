@@ -1,0 +1,109 @@
+"""DeepLabV3: a dilated ResNet, Atrous Spatial Pyramid Pooling, a per-pixel classifier, bilinear upsampling.
+
+Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017 (arXiv:1706.05587); the
+reference page: "DeepLab: atrous (dilated) convolution for larger receptive field without downsampling".
+
+    backbone (output stride 8 or 16) -> ASPP (rates r) -> 3x3 conv -> BN -> ReLU -> 1x1 conv -> upsample to (H, W)
+
+The output stride ``os`` is the ratio of input size to the last map's size. A ResNet reaches 32; DeepLabV3
+keeps 16 by replacing the stride of layer4 with dilation 2, or 8 by also replacing layer3's (dilations 2 and
+4): the maps keep more detail at more compute. The atrous rates scale with it, ``(6, 12, 18)`` at ``os=16``
+and ``(12, 24, 36)`` at ``os=8`` (paper, section 4.1 and table 4).
+
+With the defaults of :func:`deeplabv3_resnet50` (``os=8``, rates ``(12, 24, 36)``, 256 channels) the parameter
+names and shapes equal ``torchvision.models.segmentation.deeplabv3_resnet50(aux_loss=False)``: its
+``state_dict`` loads with ``strict=True`` and the outputs agree (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnkit.errors import ConfigError
+from cnnkit.layers.aspp import ASPP
+from cnnkit.layers.conv import ConvNormAct
+from cnnkit.tasks.segmentation.backbone import build_backbone
+
+DILATION = {8: (False, True, True), 16: (False, False, True)}
+ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
+
+
+class DeepLabV3(nn.Module):
+    """DeepLabV3 on a backbone that accepts ``replace_stride_with_dilation`` (the ResNet family).
+
+    Args:
+        backbone: registry name of the encoder, e.g. ``"resnet50"``.
+        num_classes: output channels.
+        in_chans: input image channels.
+        output_stride: 8 or 16 (see the module docstring).
+        atrous_rates: rates of the ASPP's 3x3 branches; default ``(12, 24, 36)`` at stride 8, ``(6, 12, 18)``
+            at stride 16.
+        aspp_channels: channels of the ASPP branches and of the head (256 in the paper).
+        dropout: dropout after the ASPP projection.
+        **backbone_kwargs: further options of the backbone's builder.
+
+    Shape:
+        - Input: ``(N, in_chans, H, W)``; in training mode ``N >= 2`` (BatchNorm of the image-pooling branch)
+        - Output: ``(N, num_classes, H, W)`` logits; the backbone map is ``ceil``-rounded ``H / output_stride``
+
+    Raises:
+        ConfigError: an output stride other than 8 or 16, or a backbone without dilation support.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        num_classes: int = 21,
+        in_chans: int = 3,
+        output_stride: int = 8,
+        atrous_rates: Sequence[int] | None = None,
+        aspp_channels: int = 256,
+        dropout: float = 0.5,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if output_stride not in DILATION:
+            raise ConfigError(f"output_stride must be 8 or 16, got {output_stride}")
+        self.backbone, info = build_backbone(
+            backbone, in_chans, replace_stride_with_dilation=DILATION[output_stride], **backbone_kwargs
+        )
+        if info[-1]["reduction"] != output_stride:
+            raise ConfigError(
+                f"backbone {backbone!r} ends at reduction {info[-1]['reduction']}, not output_stride={output_stride}"
+            )
+        self.feature_info = info
+        self.output_stride = output_stride
+        rates = tuple(atrous_rates) if atrous_rates is not None else ATROUS_RATES[output_stride]
+        self.classifier = nn.Sequential(
+            ASPP(info[-1]["num_chs"], rates, aspp_channels, dropout),
+            *ConvNormAct(aspp_channels, aspp_channels, 3),
+            nn.Conv2d(aspp_channels, num_classes, 1),
+        )
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.backbone.forward_intermediates(x)[-1]
+        return F.interpolate(
+            self.classifier(features), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
+
+
+def deeplabv3_resnet50(num_classes: int = 21, in_chans: int = 3, **kwargs: Any) -> DeepLabV3:
+    """DeepLabV3 with torchvision's layout: ResNet-50 at output stride 8, ASPP rates ``(12, 24, 36)``.
+
+    ``model.load_state_dict(torchvision.models.segmentation.deeplabv3_resnet50(aux_loss=False).state_dict())``
+    works, and both give the same logits.
+
+    Args:
+        num_classes: output channels (21 for Pascal VOC).
+        in_chans: input image channels.
+        **kwargs: further :class:`DeepLabV3` options.
+
+    Returns:
+        The model.
+    """
+    return DeepLabV3("resnet50", num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -1,0 +1,212 @@
+"""U-Net: an encoder-decoder whose decoder concatenates the encoder's maps at every scale.
+
+Ronneberger et al., "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015
+(arXiv:1505.04597); the reference page's "Semantic Segmentation" section::
+
+    encoder: double 3x3 conv (C) -> [2x2 max pool -> double 3x3 conv (2C, 4C, ...)] x depth     (context)
+    decoder: [upsample x2 -> concat the encoder map of that scale -> double 3x3 conv] x depth    (localization)
+    head:    1x1 conv to num_classes
+
+Differences from the paper, as in most modern U-Nets: the 3x3 convolutions are padded ("same"), so maps of
+one scale have one size and no cropping of skips is needed, and each conv is followed by BatchNorm (Ioffe and
+Szegedy, 2015) before its ReLU. Upsampling is bilinear (followed by the double conv) or a transposed
+convolution with kernel = stride = 2 (the paper's "up-convolution"), chosen with ``upsample``.
+
+Odd input sizes: the input is zero-padded at the bottom and right to a multiple of the total stride
+(``2**depth``, or the backbone's largest reduction), so every pooling halves exactly and every upsampled
+map meets its skip at the same size; the logits are cropped back to the input's ``H x W``. On normalized
+inputs zero is the mean colour, and the padded pixels never reach the loss.
+
+:class:`BackboneUNet` replaces the encoder with any registered classifier through the feature contract
+(``forward_intermediates`` and ``feature_info``); the decoder's widths follow the encoder's channels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnkit.errors import ConfigError
+from cnnkit.layers.conv import ConvNormAct
+from cnnkit.tasks.segmentation.backbone import build_backbone, pad_to_multiple
+
+Upsample = Literal["bilinear", "transposed"]
+
+
+class DoubleConv(nn.Sequential):
+    """Two ``3x3 conv -> BN -> ReLU``: the unit of every U-Net level.
+
+    Shape:
+        - Input: ``(N, in_channels, H, W)``
+        - Output: ``(N, out_channels, H, W)``
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            ConvNormAct(in_channels, out_channels, 3), ConvNormAct(out_channels, out_channels, 3)
+        )
+
+
+class UpBlock(nn.Module):
+    """Upsample by ``scale``, concatenate the skip map (if any), then a :class:`DoubleConv`.
+
+    Args:
+        in_channels: channels of the coarse map.
+        skip_channels: channels of the skip map (0 for none).
+        out_channels: channels out.
+        scale: integer ratio between the skip's resolution and the coarse map's.
+        upsample: ``"bilinear"`` (interpolate to the skip's size, keeping ``in_channels``) or
+            ``"transposed"`` (``ConvTranspose2d`` with kernel = stride = ``scale`` to ``out_channels``).
+
+    Shape:
+        - Input: ``x (N, in_channels, h, w)``, ``skip (N, skip_channels, H, W)`` or ``None`` with
+          ``size = (H, W)``
+        - Output: ``(N, out_channels, H, W)``
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        scale: int = 2,
+        upsample: Upsample = "bilinear",
+    ) -> None:
+        super().__init__()
+        if upsample not in ("bilinear", "transposed"):
+            raise ConfigError(f"upsample must be 'bilinear' or 'transposed', got {upsample!r}")
+        self.up = (
+            nn.ConvTranspose2d(in_channels, out_channels, scale, stride=scale)
+            if upsample == "transposed"
+            else None
+        )
+        up_channels = out_channels if self.up is not None else in_channels
+        self.conv = DoubleConv(up_channels + skip_channels, out_channels)
+
+    def forward(self, x: Tensor, skip: Tensor | None, size: tuple[int, int] | None = None) -> Tensor:
+        size = tuple(skip.shape[-2:]) if skip is not None else size
+        if self.up is not None:
+            x = self.up(x)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
+
+
+class UNet(nn.Module):
+    """The classic U-Net (Ronneberger et al., 2015) with padded convolutions and BatchNorm.
+
+    Args:
+        in_chans: input image channels.
+        num_classes: output channels (classes, background included).
+        base_channels: channels of the first level; level ``i`` has ``base_channels * 2**i`` (64 in the paper).
+        depth: number of poolings (4 in the paper); the total stride is ``2**depth``.
+        upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
+
+    Shape:
+        - Input: ``(N, in_chans, H, W)``, any ``H, W >= 1`` (padded internally to a multiple of ``2**depth``)
+        - Output: ``(N, num_classes, H, W)`` logits
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 2,
+        base_channels: int = 64,
+        depth: int = 4,
+        upsample: Upsample = "bilinear",
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ConfigError(f"a U-Net needs depth >= 1, got {depth}")
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.stem = DoubleConv(in_chans, widths[0])
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), DoubleConv(widths[i], widths[i + 1])) for i in range(depth)
+        )
+        self.up = nn.ModuleList(
+            UpBlock(widths[i + 1], widths[i], widths[i], 2, upsample) for i in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.num_classes = num_classes
+        self.stride = 2**depth
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        skips = [self.stem(pad_to_multiple(x, self.stride))]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        y = skips.pop()
+        for up in self.up:
+            y = up(y, skips.pop())
+        return self.head(y)[..., :height, :width]
+
+
+class BackboneUNet(nn.Module):
+    """A U-Net whose encoder is a registered classifier: every stage map is a skip for the decoder.
+
+    The decoder walks the stages from the deepest up; the block that merges stage ``i`` outputs
+    ``feature_info[i]["num_chs"]`` channels (or ``decoder_channels[i]``). When the first stage is still
+    downsampled (reduction 2 for a ResNet), a last block without skip brings the map to full resolution
+    with ``max(num_chs_0 // 2, 16)`` channels before the 1x1 classifier.
+
+    Args:
+        backbone: registry name of the encoder, e.g. ``"resnet18"``.
+        num_classes: output channels.
+        in_chans: input image channels.
+        upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
+        decoder_channels: output channels of the block that merges each stage (default: the stage's channels).
+        **backbone_kwargs: options of the backbone's builder.
+
+    Shape:
+        - Input: ``(N, in_chans, H, W)``, padded internally to a multiple of the largest reduction
+        - Output: ``(N, num_classes, H, W)`` logits
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_classes: int = 2,
+        in_chans: int = 3,
+        upsample: Upsample = "bilinear",
+        decoder_channels: tuple[int, ...] | None = None,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.backbone, info = build_backbone(backbone, in_chans, **backbone_kwargs)
+        self.feature_info = info
+        channels, reductions = info.channels(), info.reduction()
+        if decoder_channels is None:
+            decoder_channels = tuple(channels)
+        if len(decoder_channels) != len(info):
+            raise ConfigError(
+                f"decoder_channels needs one entry per backbone stage ({len(info)}), got {tuple(decoder_channels)}"
+            )
+        scales = [*(r_out // r_in for r_in, r_out in zip(reductions, reductions[1:])), reductions[0]]
+        if any(r_out % r_in for r_in, r_out in zip([1, *reductions], reductions)):
+            raise ConfigError(
+                f"backbone {backbone!r} has reductions {reductions} that do not divide each other"
+            )
+        blocks, width = [], channels[-1]
+        for i in reversed(range(len(info) - 1)):
+            blocks.append(UpBlock(width, channels[i], decoder_channels[i], scales[i], upsample))
+            width = decoder_channels[i]
+        if reductions[0] > 1:
+            final_width = max(channels[0] // 2, 16)
+            blocks.append(UpBlock(width, 0, final_width, scales[-1], upsample))
+            width = final_width
+        self.decoder = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.num_classes = num_classes
+        self.stride = max(reductions)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        padded = pad_to_multiple(x, self.stride)
+        skips = self.backbone.forward_intermediates(padded)
+        y = skips.pop()
+        for block in self.decoder:
+            y = block(y, skips.pop() if skips else None, tuple(padded.shape[-2:]))
+        return self.head(y)[..., :height, :width]
