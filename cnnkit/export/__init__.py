@@ -1,5 +1,23 @@
 """Fast inference and export: conv-BatchNorm folding, channels_last, TorchScript and ONNX."""
 
+from cnnkit.export.formats import export_onnx, export_torchscript, max_abs_diff, run_exported
 from cnnkit.export.fuse import FoldPair, find_fold_pairs, fold_batchnorm, fuse
+from cnnkit.export.optimize import (
+    InferenceModel,
+    flatten_graph,
+    optimize_for_inference,
+)
 
-__all__ = ["FoldPair", "find_fold_pairs", "fold_batchnorm", "fuse"]
+__all__ = [
+    "FoldPair",
+    "InferenceModel",
+    "export_onnx",
+    "export_torchscript",
+    "find_fold_pairs",
+    "flatten_graph",
+    "fold_batchnorm",
+    "fuse",
+    "max_abs_diff",
+    "optimize_for_inference",
+    "run_exported",
+]
