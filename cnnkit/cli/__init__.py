@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from cnnkit.errors import CnnkitError
 
-SUBCOMMANDS: tuple[str, ...] = ("models", "summary", "train", "eval", "predict", "augment")
+SUBCOMMANDS: tuple[str, ...] = ("models", "summary", "train", "eval", "predict", "augment", "export")
 
 
 class _Parser(argparse.ArgumentParser):
