@@ -35,8 +35,8 @@ def grayscale(x: Tensor) -> Tensor:
     """Luma ``0.2989 R + 0.587 G + 0.114 B`` (``(B, 3, H, W) -> (B, 1, H, W)``; one channel is returned as is)."""
     if x.shape[1] == 1:
         return x
-    r, g, b = x.unbind(1)
-    return (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]).unsqueeze(1)
+    weights = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
 
 
 def adjust_brightness(x: Tensor, factor: Tensor, bound: float) -> Tensor:
@@ -47,8 +47,12 @@ def adjust_brightness(x: Tensor, factor: Tensor, bound: float) -> Tensor:
 def adjust_contrast(x: Tensor, factor: Tensor, bound: float) -> Tensor:
     """``clamp(f * x + (1 - f) * mean(gray(x)))``: blend with the sample's mean grey level."""
     f = _per_sample(factor, x)
-    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    return (x * f).add_(mean * (1 - f)).clamp_(0, bound)
+    channel_means = x.mean(dim=(2, 3))
+    if x.shape[1] == 3:  # the mean of the luma is the luma of the channel means
+        mean = channel_means @ torch.tensor(_LUMA, dtype=x.dtype, device=x.device)
+    else:
+        mean = channel_means[:, 0]
+    return (x * f).add_(mean.view(-1, 1, 1, 1) * (1 - f)).clamp_(0, bound)
 
 
 def adjust_saturation(x: Tensor, factor: Tensor, bound: float) -> Tensor:
@@ -63,10 +67,11 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """Rotate the HSV hue of every pixel by ``shift`` turns (one shift per sample), exactly.
 
     A hue rotation keeps each pixel's largest channel ``M`` and smallest ``m``, so the HSV round trip reduces
-    to a closed form (hsv-to-rgb, Smith 1978, as written on Wikipedia's "HSL and HSV"): with the hue ``h`` in
-    sextants ``[0, 6)`` shifted to ``h' = (h + 6 shift) mod 6``, channel ``n`` (5 for R, 3 for G, 1 for B) is
-    ``M - (M - m) * clamp(min(k, 4 - k), 0, 1)`` where ``k = (n + h') mod 6``. This is the same function as
-    torchvision's ``adjust_hue`` (rgb -> hsv, add, hsv -> rgb) without building the HSV image.
+    to a closed form (hsv-to-rgb as written on Wikipedia's "HSL and HSV", after Smith 1978): with the hue
+    ``h`` in sextants ``[0, 6)`` shifted to ``h' = h + 6 shift``, channel ``n`` (5 for R, 3 for G, 1 for B)
+    is ``M - (M - m) clamp(min(k, 4 - k), 0, 1) = m + (M - m) clamp(|k - 2| - 1, 0, 1)`` with
+    ``k = (n + h') mod 6``. This is the function torchvision's ``adjust_hue`` computes (rgb -> hsv, add,
+    hsv -> rgb) without building the HSV image, so it costs a few passes over the pixels.
 
     Args:
         x: ``(B, 3, H, W)`` floating, any non-negative range.
@@ -78,20 +83,18 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     if x.shape[1] == 1:
         return x
     r, g, b = x.unbind(1)
-    top = x.amax(1)
-    delta = top - x.amin(1)
-    inv = torch.where(delta > 0, delta, torch.ones_like(delta)).reciprocal_()
-    hue = torch.where(
-        top == r,
-        (g - b).mul_(inv),
-        torch.where(top == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)),
-    )
-    hue.add_(_per_sample(shift * 6.0, x).view(-1, 1, 1)).remainder_(6.0)
+    top = torch.maximum(torch.maximum(r, g), b)
+    bottom = torch.minimum(torch.minimum(r, g), b)
+    delta = top - bottom
+    # hue * delta: (g - b) if R is largest, (b - r) + 2 delta if G is, (r - g) + 4 delta otherwise
+    hue = torch.where(top == g, (b - r).add_(delta, alpha=2.0), (r - g).add_(delta, alpha=4.0))
+    hue = torch.where(top == r, g - b, hue).div_(delta.clamp_min(1e-12))
+    hue.add_(_per_sample(shift * 6.0, x).view(-1, 1, 1))
     out = torch.empty_like(x)
     for channel, n in enumerate((5.0, 3.0, 1.0)):
         k = (hue + n).remainder_(6.0)
-        ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-        torch.sub(top, ramp.mul_(delta), out=out[:, channel])
+        k.sub_(2.0).abs_().sub_(1.0).clamp_(0.0, 1.0).mul_(delta).add_(bottom)
+        out[:, channel] = k
     return out
 
 
@@ -161,16 +164,18 @@ class ColorJitter(Transform):
         enabled = [i for i, rng in enumerate(self._ranges()) if rng is not None]
         factors, order = params["factors"], params["order"]
         x = images.float() if images.dtype == torch.uint8 else images.clone()
-        b = x.shape[0]
-        for slot in range(4):
+        # Step by step: at step k, each enabled operation runs once, batched, on the samples whose k-th
+        # operation it is (16 batched calls at most, whatever the batch size).
+        for step in range(4):
             for op in enabled:
-                chosen = order[:, slot] == op
+                chosen = order[:, step] == op
                 count = int(chosen.sum())
-                if count == b:
+                if count == x.shape[0]:
                     x = ops[op](x, factors[:, op])
                 elif count:
                     idx = chosen.nonzero()[:, 0]
-                    x[idx.to(x.device)] = ops[op](x[idx.to(x.device)], factors[idx, op])
+                    dev_idx = idx.to(x.device)
+                    x.index_copy_(0, dev_idx, ops[op](x.index_select(0, dev_idx), factors[idx, op]))
         return restore_dtype(x, images.dtype), targets
 
 

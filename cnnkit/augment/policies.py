@@ -221,9 +221,15 @@ class _Policy(Transform):
                 sub_targets = [targets[i] for i in idx.tolist()] if isinstance(targets, list) else None
                 dev_idx = idx.to(x.device)
                 out, sub_targets = apply_op(
-                    name, x[dev_idx], mags[idx, slot], bound, sub_targets, self.interpolation, self.fill
+                    name,
+                    x.index_select(0, dev_idx),
+                    mags[idx, slot],
+                    bound,
+                    sub_targets,
+                    self.interpolation,
+                    self.fill,
                 )
-                x[dev_idx] = out.round_() if bound == 255.0 else out
+                x.index_copy_(0, dev_idx, out.round_() if bound == 255.0 else out)
                 if sub_targets is not None:
                     for i, t in zip(idx.tolist(), sub_targets):
                         targets[i] = t
