@@ -1,0 +1,132 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnkit.errors import ConfigError
+from cnnkit.tasks.segmentation import FCN, BackboneUNet, DeepLabV3, UNet, create_model
+
+SIZES = [(33, 47), (1, 1), (16, 16), (21, 8)]
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "transposed"])
+def test_unet_logits_at_input_size(upsample):
+    model = UNet(in_chans=2, num_classes=3, base_channels=4, depth=3, upsample=upsample).eval()
+    for size in SIZES:
+        assert model(torch.randn(2, 2, *size)).shape == (2, 3, *size)
+
+
+def test_unet_layout_follows_the_paper():
+    model = UNet(in_chans=1, num_classes=2, base_channels=8, depth=4, upsample="transposed")
+    # encoder widths double at every pooling; each decoder level sees upsampled + skip channels
+    assert [d[1][1][0].out_channels for d in model.down] == [16, 32, 64, 128]
+    assert [u.up.out_channels for u in model.up] == [64, 32, 16, 8]
+    assert [u.conv[0][0].in_channels for u in model.up] == [128, 64, 32, 16]
+    assert model.up[0].up.kernel_size == (2, 2) and model.up[0].up.stride == (2, 2)
+    assert model.stride == 16 and model.head.out_channels == 2
+
+
+def test_unet_odd_input_is_zero_padded_then_cropped():
+    torch.manual_seed(0)
+    model = UNet(in_chans=1, num_classes=2, base_channels=4, depth=2).eval()
+    x = torch.randn(1, 1, 9, 6)
+    padded = F.pad(x, (0, 2, 0, 3))  # to 12 x 8, multiples of 2**2
+    torch.testing.assert_close(model(x), model(padded)[..., :9, :6])
+
+
+def test_unet_skips_carry_fine_detail():
+    # a pixel change reaches the output at that pixel through the full-resolution skip
+    torch.manual_seed(0)
+    model = UNet(in_chans=1, num_classes=1, base_channels=4, depth=2).eval()
+    x = torch.randn(1, 1, 16, 16, requires_grad=True)
+    model(x)[0, 0, 3, 3].backward()
+    assert x.grad[0, 0, 3, 3] != 0
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small"])
+def test_backbone_unet_sizes_and_decoder_widths(backbone):
+    model = BackboneUNet(backbone, num_classes=3, in_chans=1).eval()
+    channels = model.feature_info.channels()
+    assert [block.conv[1].out_channels for block in model.decoder[:-1]] == channels[-2::-1]
+    assert model.stride == 32
+    for size in [(33, 47), (5, 3)]:
+        assert model(torch.randn(1, 1, *size)).shape == (1, 3, *size)
+
+
+def test_backbone_unet_trains_every_parameter():
+    model = BackboneUNet("resnet18", num_classes=2, in_chans=1, upsample="transposed")
+    model(torch.randn(2, 1, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert "backbone.layer4.1.conv2.weight" in model.state_dict()
+
+
+@pytest.mark.parametrize("skips", [0, 1, 2])
+def test_fcn_logits_at_input_size(skips):
+    model = FCN("resnet18", num_classes=4, in_chans=1, skips=skips).eval()
+    assert len(model.skip_classifiers) == skips
+    for size in [(33, 47), (7, 64)]:
+        assert model(torch.randn(1, 1, *size)).shape == (1, 4, *size)
+
+
+def test_fcn32s_is_bilinear_upsampling_of_1x1_scores():
+    torch.manual_seed(0)
+    model = FCN("resnet18", num_classes=3, in_chans=1).eval()
+    assert isinstance(model.classifier[0], torch.nn.Conv2d) and model.classifier[0].kernel_size == (1, 1)
+    x = torch.randn(1, 1, 40, 56)
+    scores = model.classifier(model.backbone.forward_features(x))
+    assert scores.shape[-2:] == (2, 2)
+    expected = F.interpolate(scores, size=(40, 56), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_fcn_skips_start_at_zero_then_learn():
+    torch.manual_seed(0)
+    fcn8 = FCN("resnet18", num_classes=3, in_chans=1, skips=2).eval()
+    assert [fcn8.feature_info[i]["reduction"] for i in fcn8.skip_indices] == [16, 8]
+    x = torch.randn(1, 1, 64, 64)
+    maps = fcn8.backbone.forward_intermediates(x)
+    # skip scores start at zero (Long et al.): the output is the coarse scores upsampled 32 -> 16 -> 8 -> 1
+    scores = fcn8.classifier(maps[-1])
+    for size in [(4, 4), (8, 8), (64, 64)]:
+        scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(fcn8(x), scores)
+    fcn8(x).sum().backward()
+    assert all(conv.weight.grad.abs().sum() > 0 for conv in fcn8.skip_classifiers)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_deeplab_output_stride_sets_the_backbone_map(output_stride):
+    model = DeepLabV3(
+        "resnet18", num_classes=3, in_chans=1, output_stride=output_stride, aspp_channels=8
+    ).eval()
+    x = torch.randn(2, 1, 64, 48)
+    assert model.backbone.forward_features(x).shape[-2:] == (64 // output_stride, 48 // output_stride)
+    assert model.classifier[0].atrous_rates == {8: (12, 24, 36), 16: (6, 12, 18)}[output_stride]
+    for size in [(33, 47), (9, 9)]:
+        y = model(torch.randn(2, 1, *size))
+        assert y.shape == (2, 3, *size)
+    odd = model.backbone.forward_features(torch.randn(1, 1, 33, 47))
+    assert odd.shape[-2:] == (math.ceil(33 / output_stride), math.ceil(47 / output_stride))
+
+
+def test_deeplab_rejects_other_strides():
+    with pytest.raises(ConfigError, match="output_stride"):
+        DeepLabV3("resnet18", num_classes=2, output_stride=32)
+
+
+def test_create_model_by_name():
+    assert isinstance(create_model("unet", num_classes=2, base_channels=4, depth=1), UNet)
+    assert isinstance(create_model("unet", num_classes=2, backbone="resnet18"), BackboneUNet)
+    fcn = create_model("fcn", num_classes=2, backbone="resnet18", skips=1)
+    assert isinstance(fcn, FCN) and len(fcn.skip_classifiers) == 1
+    deeplab = create_model("deeplabv3", num_classes=2, backbone="resnet18", output_stride=16)
+    assert isinstance(deeplab, DeepLabV3) and deeplab.output_stride == 16
+    with pytest.raises(ConfigError, match="did you mean 'unet'"):
+        create_model("unte", num_classes=2)
+    with pytest.raises(ConfigError, match="base_channels"):
+        create_model("unet", num_classes=2, base_channel=4)
+    with pytest.raises(ConfigError, match="unknown argument"):
+        create_model("fcn", num_classes=2, backbone="resnet18", skipz=1)
+    with pytest.raises(ConfigError, match="upsample"):
+        create_model("unet", num_classes=2, upsample="nearest")
