@@ -50,7 +50,7 @@ class ResNet(ClassifierModel):
         width_per_group: bottleneck channels per group at 64 nominal channels (128 for Wide ResNet).
         replace_stride_with_dilation: three flags for layer2, layer3, layer4: replace the stage's stride 2
             with dilation, so the output stride stays at 8 (``(False, True, True)``) or 16
-            (``(False, False, True)``).
+            (``(False, False, True)``); ``None`` keeps every stride.
         zero_init_residual: initialise the last norm of each residual branch to zero, so every block
             starts as the identity (Goyal et al., 2017, arXiv:1706.02677).
         norm_layer: factory called with a channel count (default ``BatchNorm2d``).
@@ -69,11 +69,13 @@ class ResNet(ClassifierModel):
         in_chans: int = 3,
         groups: int = 1,
         width_per_group: int = 64,
-        replace_stride_with_dilation: Sequence[bool] = (False, False, False),
+        replace_stride_with_dilation: Sequence[bool] | None = None,
         zero_init_residual: bool = False,
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
+        if replace_stride_with_dilation is None:
+            replace_stride_with_dilation = (False, False, False)
         if len(layers) != 4:
             raise ConfigError(f"a ResNet has 4 stages; got layers={tuple(layers)}")
         if len(replace_stride_with_dilation) != 3:

@@ -90,6 +90,12 @@ def test_feature_info_and_intermediates_follow_dilation(dilation, reductions, ma
     torch.testing.assert_close(model.forward_features(x), maps[-1])
 
 
+def test_no_dilation_by_default_or_with_none():
+    for model in (resnet.resnet18(), resnet.resnet18(replace_stride_with_dilation=None)):
+        assert model.feature_info.reduction() == [2, 4, 8, 16, 32]
+        assert all(m.dilation == (1, 1) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 def test_dilated_stages_use_previous_dilation_in_first_block():
     model = resnet.resnet50(replace_stride_with_dilation=(False, True, True))
     assert model.layer3[0].conv2.dilation == (1, 1) and model.layer3[0].conv2.stride == (1, 1)
