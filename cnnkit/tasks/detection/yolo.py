@@ -66,8 +66,8 @@ class YOLODetector(nn.Module):
         out_indices: backbone stages fed to the FPN; default its last three.
         fpn_channels: channels of the FPN maps and the head.
         anchor_sizes: per level, the prior sizes (square root of the area); default ``(4 * stride_l,)``.
-        aspect_ratios: per level, the prior ratios ``h / w``; ``B = len(sizes) * len(ratios)``, the same at
-            every level (the head is shared).
+        aspect_ratios: the prior ratios ``h / w`` (every level); ``B = len(sizes) * len(ratios)`` must be the
+            same at every level, as the head is shared.
         size_ratio_limit: a box is responsible for an object only when width and height are each within
             this factor of its prior's (YOLOv5's rule; 4 is all the decoding can reach).
         loss_weights: ``(box, confidence, class)`` weights of the loss terms.
