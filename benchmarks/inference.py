@@ -9,10 +9,14 @@ Paths:
     fx_fuse   torch.fx.experimental.optimization.fuse(torchvision model)
     ch_last   torchvision model and input in torch.channels_last
     cnnkit    cnnkit.export.optimize_for_inference(cnnkit model with the torchvision state_dict)
-    ort       onnxruntime session (default threads) on the ONNX file of the fused cnnkit model
+    ort       onnxruntime session (default threads unless --threads) on the ONNX file of the fused cnnkit model
 
     python benchmarks/inference.py                       # resnet18 mobilenet_v2 efficientnet_b0 convnext_tiny
     python benchmarks/inference.py resnet18 --rounds 20 --batch 1
+    python benchmarks/inference.py --threads 1           # one thread for torch and onnxruntime alike
+
+On a loaded machine, multi-threaded runs measure scheduling stalls as much as the model (a thread pool is
+only as fast as its slowest, descheduled thread); ``--threads 1`` gives steadier ratios there.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ PATHS = ["eager", "fx_fuse", "ch_last", "cnnkit", "ort"]
 
 
 def build_paths(
-    name: str, example: torch.Tensor, onnx_dir: str
+    name: str, example: torch.Tensor, onnx_dir: str, options: onnxruntime.SessionOptions
 ) -> dict[str, Callable[[torch.Tensor], object]]:
     """One callable per path, all computing the same function (checked against eager)."""
     reference = torchvision.models.get_model(name, weights=None).eval()
@@ -47,7 +51,7 @@ def build_paths(
     ours = cnnkit.create_model(name).eval()
     ours.load_state_dict(state)
     path = export_onnx(fuse(ours), os.path.join(onnx_dir, f"{name}.onnx"), example, dynamic_batch=True)
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     paths = {
         "eager": reference,
         "fx_fuse": fx_fuse(reference),
@@ -85,12 +89,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument(
+        "--threads", type=int, help="intra-op threads of torch and onnxruntime (default: each one's default)"
+    )
     args = parser.parse_args()
     options = onnxruntime.SessionOptions()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        options.intra_op_num_threads = args.threads
+    ort_threads = options.intra_op_num_threads or "0 = default, one per physical core"
     print(
         f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), torchvision "
-        f"{torchvision.__version__}, onnxruntime {onnxruntime.__version__} (default threads: "
-        f"intra_op_num_threads={options.intra_op_num_threads}, i.e. one per physical core), "
+        f"{torchvision.__version__}, onnxruntime {onnxruntime.__version__} (intra_op_num_threads "
+        f"{ort_threads}), "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
     )
     print(
@@ -104,7 +115,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as onnx_dir:
         for name in args.models:
             generator = torch.Generator().manual_seed(0)
-            paths = build_paths(name, torch.randn(1, 3, args.size, args.size, generator=generator), onnx_dir)
+            example = torch.randn(1, 3, args.size, args.size, generator=generator)
+            paths = build_paths(name, example, onnx_dir, options)
             for batch in args.batch:
                 x = torch.randn(batch, 3, args.size, args.size, generator=generator)
                 seconds = measure(paths, x, args.rounds)

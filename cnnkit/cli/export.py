@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             model(samples[0])
     except RuntimeError as err:  # e.g. a fixed-size head fed another size: the user's input
-        raise ConfigError(f"{stem} cannot run on a {'x'.join(map(str, size))} input: {err}") from None
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{stem} cannot run on a {'x'.join(map(str, size))} input: {first_line}") from None
     fused = fuse(model)
     if args.format == "onnx":
         export_onnx(fused, output, samples[0], opset=args.opset, dynamic_batch=args.dynamic_batch)

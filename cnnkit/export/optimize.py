@@ -33,7 +33,11 @@ def flatten_graph(model: nn.Module) -> nn.Module:
     except Exception:  # untraceable Python in forward: keep the module as it is
         return model
     for node in list(graph_module.graph.nodes):
-        if node.op == "call_module" and isinstance(graph_module.get_submodule(node.target), nn.Identity):
+        if (
+            node.op == "call_module"
+            and node.args
+            and isinstance(graph_module.get_submodule(node.target), nn.Identity)
+        ):
             node.replace_all_uses_with(node.args[0])
             graph_module.graph.erase_node(node)
     graph_module.delete_all_unused_submodules()
