@@ -239,8 +239,8 @@ def crop_resize(
 
     - per sample with ``F.interpolate`` (the default on the CPU): exactly torchvision's ``resized_crop``,
       antialiasing included; uint8 stays uint8 in PyTorch's vectorised uint8 kernel, which on the CPU is
-      several times faster than one batched ``grid_sample`` in float for 224-pixel crops, and as fast for
-      32-pixel ones (see ``benchmarks/augment_throughput.py``);
+      about 3 times faster than one batched float ``grid_sample`` for 224-pixel crops (and 20 times faster
+      than its antialiased form), see ``docs/benchmarks.md``;
     - batched, one ``grid_sample`` for the whole batch (the default on other devices): bilinear sampling is
       clamped to each crop, so without antialiasing it equals torchvision; with ``antialias=True`` a sample
       shrunk by ``s > 1`` along an axis averages ``ceil(s)`` evenly spaced bilinear samples per output pixel
