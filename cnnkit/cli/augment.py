@@ -47,10 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.preview:
         raise ConfigError("nothing to do: pass --preview to write a preview grid")
+    pipeline = load_transform(args.config) if args.config else None
     images, targets, classes = dataset_samples(args.dataset, args.n, args.seed)
-    if args.config:
-        pipeline = load_transform(args.config)
-    else:
+    if pipeline is None:
         pipeline = default_pipeline(images.shape[-1], hue=images.shape[1] == 3)
     augmented, augmented_targets = pipeline(images, targets, torch.Generator().manual_seed(args.seed))
     grid = preview_grid(images, targets, augmented, augmented_targets, classes)
