@@ -99,3 +99,32 @@ def test_predict_missing_and_corrupt_images(run_dir, tmp_path, capsys):
     assert main(["predict", str(run_dir), str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.png" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "interrupted"
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "cnnkit",
+        "train",
+        *FAST,
+        "epochs=50",
+        "progress=true",
+        f"output_dir={out}",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait for the first finished epoch
+        if line.startswith("epoch 1/50"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "cnnkit train: interrupted" and "Traceback" not in err
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["epoch"] >= 1 and state["step"] >= 31
