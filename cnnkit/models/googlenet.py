@@ -234,7 +234,8 @@ class GoogLeNet(ClassifierModel):
     torchvision="googlenet",
     weights="GoogLeNet_Weights",
     first_conv="conv1.conv",
-    classifier="fc",
+    classifier="fc",  # torchvision's published weights expect its ImageNet-to-Inception input rescaling.
+    extra={"pretrained_kwargs": {"transform_input": True}},
 )
 def googlenet(*, num_classes: int = 1000, in_chans: int = 3, **kwargs) -> GoogLeNet:
     """GoogLeNet (Inception v1) with auxiliary heads, like torchvision's ``googlenet(weights=None)``.

@@ -211,7 +211,8 @@ class InceptionV3(ClassifierModel):
     torchvision="inception_v3",
     weights="Inception_V3_Weights",
     first_conv="Conv2d_1a_3x3.conv",
-    classifier="fc",
+    classifier="fc",  # torchvision's published weights expect its ImageNet-to-Inception input rescaling.
+    extra={"pretrained_kwargs": {"transform_input": True}},
 )
 def inception_v3(*, num_classes: int = 1000, in_chans: int = 3, **kwargs) -> InceptionV3:
     """Inception v3 with its auxiliary head, like torchvision's ``inception_v3(weights=None)``.

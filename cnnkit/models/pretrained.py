@@ -78,8 +78,9 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """Adapt first-conv filters ``(C_out, C_src, k, k)`` to ``in_chans`` input channels.
 
     One channel gets the sum over the source channels (a grey image equals the same grey in every RGB
-    channel, so responses are preserved); other counts tile the source channels and rescale by
-    ``C_src / in_chans`` so the expected response to a constant image is unchanged.
+    channel, so responses are preserved exactly); other counts tile the source channels and rescale by
+    ``C_src / in_chans``, which keeps the response to a constant image exactly when ``in_chans`` is a
+    multiple of ``C_src`` and in expectation over the filters otherwise (timm's rule).
 
     Shape:
         - Input: ``(C_out, C_src, k_h, k_w)``
@@ -94,10 +95,13 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (c_src / in_chans)
 
 
-def _module_cfg(model: nn.Module) -> tuple[str | None, str | None]:
+def _module_cfg(model: nn.Module) -> tuple[str | None, tuple[str, ...]]:
+    """The first conv's name and the prefixes of head parameters (classifier and auxiliary heads)."""
     cfg = getattr(model, "default_cfg", None) or {}
-    classifier = cfg.get("classifier") or getattr(model, "classifier_name", None)
-    return cfg.get("first_conv"), classifier
+    heads = [cfg.get("classifier") or getattr(model, "classifier_name", None)]
+    if hasattr(model, "head_modules"):
+        heads += model.head_modules()
+    return cfg.get("first_conv"), tuple(f"{h}." for h in heads if h)
 
 
 def load_pretrained(
@@ -124,15 +128,14 @@ def load_pretrained(
         state = read_state_dict(path_or_state)
         source = str(path_or_state)
     own = model.state_dict()
-    first_conv, classifier = _module_cfg(model)
+    first_conv, head_prefixes = _module_cfg(model)
     conv_key = f"{first_conv}.weight" if first_conv else None
     if conv_key in state and conv_key in own and state[conv_key].shape[1] != own[conv_key].shape[1]:
         state[conv_key] = adapt_input_conv(state[conv_key], own[conv_key].shape[1])
-    head_prefix = f"{classifier}." if classifier else None
     mismatched = []
     for key in list(state):
         if key in own and state[key].shape != own[key].shape:
-            if head_prefix and key.startswith(head_prefix):
+            if head_prefixes and key.startswith(head_prefixes):
                 state[key] = own[key]  # a head for another number of classes: keep the fresh one
             else:
                 mismatched.append(

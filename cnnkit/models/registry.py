@@ -184,6 +184,7 @@ def create_model(
         # Build with the published head and input, load, then adapt (new head, adapted first conv).
         kwargs.pop("num_classes", None)
         kwargs.pop("in_chans", None)
+        kwargs = {**card.extra.get("pretrained_kwargs", {}), **kwargs}
     model = builder(**kwargs)
     model.default_cfg = {
         "architecture": name,

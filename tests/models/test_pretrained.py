@@ -72,10 +72,12 @@ def test_one_input_channel_sums_pretrained_filters(tmp_path, tv_resnet18):
 
 def test_adapt_input_conv_keeps_constant_response():
     w = torch.randn(8, 3, 3, 3)
-    for c in (1, 2, 4, 6):
+    for c in (1, 3, 6, 9):
         adapted = pretrained.adapt_input_conv(w, c)
         assert adapted.shape == (8, c, 3, 3)
         torch.testing.assert_close(adapted.sum(dim=(1, 2, 3)), w.sum(dim=(1, 2, 3)))
+    two = pretrained.adapt_input_conv(w, 2)
+    torch.testing.assert_close(two, w[:, :2] * 1.5)
 
 
 def test_mismatched_checkpoint_lists_keys(tmp_path):
@@ -108,14 +110,20 @@ def _fake_weights_enum(url: str):
     return ResNet18_Weights
 
 
+def _serve(model: torch.nn.Module, tmp_path: pathlib.Path, stem: str) -> pathlib.Path:
+    """Save a state_dict under torch.hub's ``<stem>-<sha256 prefix>.pth`` naming, as the weights URLs are."""
+    raw = tmp_path / "raw.pth"
+    _save_pth(model, raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()[:8]
+    served = tmp_path / "served" / f"{stem}-{digest}.pth"
+    served.parent.mkdir(exist_ok=True)
+    raw.rename(served)
+    return served
+
+
 def test_weights_api_downloads_from_url_and_verifies_hash(tmp_path, monkeypatch, tv_resnet18, x):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    raw = tmp_path / "raw.pth"
-    _save_pth(tv_resnet18, raw)
-    digest = hashlib.sha256(raw.read_bytes()).hexdigest()[:8]
-    served = tmp_path / "served" / f"resnet18-{digest}.pth"
-    served.parent.mkdir()
-    raw.rename(served)
+    served = _serve(tv_resnet18, tmp_path, "resnet18")
     fake = _fake_weights_enum(served.as_uri())
     monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: fake)
     ours = cnnkit.create_model("resnet18", pretrained=True, num_classes=5).eval()
@@ -125,6 +133,19 @@ def test_weights_api_downloads_from_url_and_verifies_hash(tmp_path, monkeypatch,
             ours.forward_features(x), tv_resnet18.layer4(_stem_to_layer3(tv_resnet18, x))
         )
     assert (tmp_path / "torch_home" / "hub" / "checkpoints" / served.name).exists()
+
+
+def test_googlenet_published_weights_rescale_input_and_adapt_aux_heads(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    torch.manual_seed(0)
+    served = _serve(torchvision.models.googlenet(weights=None, init_weights=True), tmp_path, "googlenet")
+    fake = _fake_weights_enum(served.as_uri())
+    monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: fake)
+    model = cnnkit.create_model("googlenet", pretrained=True, num_classes=7)
+    assert model.transform_input, "torchvision's googlenet weights expect transform_input=True"
+    assert model.fc.out_features == 7 and model.aux1.fc2.out_features == 7
+    local = cnnkit.create_model("googlenet", weights=str(served), num_classes=7)  # aux heads re-initialised
+    assert local.aux2.fc2.out_features == 7
 
 
 def test_failed_download_says_how_to_use_a_local_file(tmp_path, monkeypatch):
