@@ -24,7 +24,7 @@ GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
 
 def _heavy(name: str) -> bool:
     card = model_card(name)
-    return card.params > 30_000_000 or card.macs > 6_000_000_000
+    return card.params > 30_000_000 or card.macs > 3_000_000_000
 
 
 def _params(names, heavy_slow: bool = True):
@@ -43,6 +43,27 @@ def _test_size(name: str) -> tuple[int, int, int]:
 
 def _logits(out):
     return out[0] if isinstance(out, tuple) else out
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Overwrite every float parameter and buffer with seeded random values of a sane scale.
+
+    Freshly initialised networks can give near-zero logits (1e-12 for GoogLeNet, 1e-14 for EfficientNet with
+    fresh BatchNorm statistics), which would make output comparisons pass whatever the model computes.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif t.ndim >= 2 and t[0].numel() > 1:
+                t.copy_(torch.randn(t.shape, generator=g) / t[0].numel() ** 0.5)
+            else:
+                base = 1.0 if name.endswith("weight") and t.ndim == 1 else 0.0
+                t.copy_(base + 0.1 * torch.randn(t.shape, generator=g))
+    return model
 
 
 def test_registry_lists_lenet_first_and_every_family():
@@ -97,18 +118,24 @@ def test_torchvision_state_dict_and_outputs_match(name):
     assert list(our_state) == list(their_state)
     assert all(our_state[k].shape == v.shape for k, v in their_state.items())
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
-    ours.load_state_dict(their_state, strict=True)
+    randomize_(theirs)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(2, *_test_size(name), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        diff = (_logits(ours(x)) - _logits(theirs(x))).abs().max().item()
-    assert diff < 1e-5
+        expected = _logits(theirs(x))
+        diff = (_logits(ours(x)) - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert scale > 1e-3, f"{name}: outputs too small ({scale}) for the comparison to mean anything"
+    assert diff <= 1e-5 * max(1.0, scale)
 
 
 @pytest.mark.parametrize("name", _params(ALL))
 def test_forward_backward_every_parameter_gets_gradient(name):
     torch.manual_seed(0)
     model = cnnkit.create_model(name, num_classes=7).train()
-    x = torch.randn(2, *model_card(name).min_input_size)
+    card = model_card(name)
+    # Inception v3's auxiliary head (train mode) needs its full 299 px input; every other model its minimum.
+    x = torch.randn(2, *(card.input_size if name == "inception_v3" else card.min_input_size))
     out = model(x)
     outs = out if isinstance(out, tuple) else (out,)
     assert outs[0].shape == (2, 7)
@@ -149,9 +176,9 @@ def test_features_only_matches_feature_info(name):
     assert len(maps) == len(indices) == len(features.feature_info)
     for fmap, info in zip(maps, features.feature_info):
         assert fmap.shape[1] == info["num_chs"]
-        # "Same"-padded nets round odd sizes up or down by one pixel; valid padding (LeNet) loses a border.
-        expected = h / info["reduction"]
-        assert abs(fmap.shape[2] - expected) <= max(1.0, 0.4 * expected), (fmap.shape, info)
+        # "Same"-padded nets round odd sizes by one pixel; unpadded convs (LeNet, Inception v3) lose a border.
+        assert 1 <= fmap.shape[2] <= math.ceil(h / info["reduction"]) + 1, (fmap.shape, info)
+    assert [m.shape[2] for m in maps] == sorted((m.shape[2] for m in maps), reverse=True)
     used = {n for n, _ in features.named_parameters()}
     assert used, "features_only model has no parameters"
 
@@ -186,9 +213,8 @@ def _golden_stats(out: torch.Tensor) -> dict:
 
 @pytest.mark.parametrize("name", _params(ALL))
 def test_golden_output(name):
-    """Seeded init + fixed input -> stored output statistics (catches silent architecture changes)."""
-    torch.manual_seed(0)
-    model = cnnkit.create_model(name).eval()
+    """Seeded weights + fixed input -> stored output statistics (catches silent architecture changes)."""
+    model = randomize_(cnnkit.create_model(name)).eval()
     x = torch.randn(1, *_test_size(name), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         stats = _golden_stats(model(x))
