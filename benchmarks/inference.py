@@ -8,7 +8,8 @@ Paths:
     eager     torchvision model as it is (the baseline)
     fx_fuse   torch.fx.experimental.optimization.fuse(torchvision model)
     ch_last   torchvision model and input in torch.channels_last
-    cnnkit    cnnkit.export.optimize_for_inference(cnnkit model with the torchvision state_dict)
+    cnnkit    cnnkit.export.optimize_for_inference(cnnkit model with the torchvision state_dict), its layout
+              chosen by measurement on the benchmark batch (channels_last="auto"; printed as cl / contig)
     ort       onnxruntime session (default threads unless --threads) on the ONNX file of the fused cnnkit model
 
     python benchmarks/inference.py                       # resnet18 mobilenet_v2 efficientnet_b0 convnext_tiny
@@ -50,13 +51,13 @@ def build_paths(
     channels_last = channels_last.to(memory_format=torch.channels_last)
     ours = cnnkit.create_model(name).eval()
     ours.load_state_dict(state)
-    path = export_onnx(fuse(ours), os.path.join(onnx_dir, f"{name}.onnx"), example, dynamic_batch=True)
+    path = export_onnx(fuse(ours), os.path.join(onnx_dir, f"{name}.onnx"), example[:1], dynamic_batch=True)
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     paths = {
         "eager": reference,
         "fx_fuse": fx_fuse(reference),
         "ch_last": lambda x: channels_last(x.contiguous(memory_format=torch.channels_last)),
-        "cnnkit": optimize_for_inference(ours),
+        "cnnkit": optimize_for_inference(ours, example_input=example),  # layout chosen on this batch
         "ort": lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0]),
     }
     with torch.inference_mode():
@@ -110,22 +111,20 @@ def main() -> None:
     print(
         f"{'model':16s} {'batch':>5s} {'eager img/s':>11s} "
         + " ".join(f"{p:>8s}" for p in PATHS)
-        + "  fastest"
+        + "  layout  fastest"
     )
     with tempfile.TemporaryDirectory() as onnx_dir:
         for name in args.models:
-            generator = torch.Generator().manual_seed(0)
-            example = torch.randn(1, 3, args.size, args.size, generator=generator)
-            paths = build_paths(name, example, onnx_dir, options)
             for batch in args.batch:
-                x = torch.randn(batch, 3, args.size, args.size, generator=generator)
+                x = torch.randn(batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+                paths = build_paths(name, x, onnx_dir, options)
                 seconds = measure(paths, x, args.rounds)
                 ratios = {key: seconds["eager"] / s for key, s in seconds.items()}
                 fastest = max(ratios, key=ratios.get)
                 print(
                     f"{name:16s} {batch:5d} {batch / seconds['eager']:11.1f} "
                     + " ".join(f"{ratios[p]:7.2f}x" for p in PATHS)
-                    + f"  {fastest}",
+                    + f"  {'cl' if paths['cnnkit'].channels_last else 'contig':6s}  {fastest}",
                     flush=True,
                 )
 

@@ -5,6 +5,7 @@ from cnnkit.export.fuse import FoldPair, find_fold_pairs, fold_batchnorm, fuse
 from cnnkit.export.optimize import (
     InferenceModel,
     flatten_graph,
+    measure_channels_last,
     optimize_for_inference,
 )
 
@@ -18,6 +19,7 @@ __all__ = [
     "fold_batchnorm",
     "fuse",
     "max_abs_diff",
+    "measure_channels_last",
     "optimize_for_inference",
     "run_exported",
 ]

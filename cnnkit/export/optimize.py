@@ -9,7 +9,10 @@ modules and of the identities left by folding; ``torch.inference_mode`` skips au
 
 from __future__ import annotations
 
+import copy
+import time
 import warnings
+from typing import Literal
 
 import torch
 import torch.fx
@@ -73,10 +76,38 @@ class InferenceModel(nn.Module):
             return self.model(x)
 
 
+def measure_channels_last(module: nn.Module, example: torch.Tensor, rounds: int = 3) -> bool:
+    """Whether ``module`` runs ``example`` at least as fast in ``torch.channels_last`` as contiguous.
+
+    Both layouts are timed in interleaved rounds after one warm-up call each, under
+    ``torch.inference_mode``; each layout's best round counts (the least disturbed by other load).
+
+    Args:
+        module: a module in eval mode, contiguous (it is not modified: a copy is converted).
+        example: a representative input batch ``(N, C, H, W)``.
+        rounds: timed calls per layout.
+
+    Returns:
+        ``True`` when the channels_last best time is not above the contiguous one.
+    """
+    candidates = {False: module, True: copy.deepcopy(module).to(memory_format=torch.channels_last)}
+    inputs = {False: example.contiguous(), True: example.contiguous(memory_format=torch.channels_last)}
+    best = dict.fromkeys(candidates, float("inf"))
+    with torch.inference_mode():
+        for layout, candidate in candidates.items():
+            candidate(inputs[layout])
+        for _ in range(rounds):
+            for layout, candidate in candidates.items():
+                start = time.perf_counter()
+                candidate(inputs[layout])
+                best[layout] = min(best[layout], time.perf_counter() - start)
+    return best[True] <= best[False]
+
+
 def optimize_for_inference(
     model: nn.Module,
     *,
-    channels_last: bool = True,
+    channels_last: bool | Literal["auto"] = "auto",
     compile: bool = False,
     example_input: torch.Tensor | None = None,
 ) -> InferenceModel:
@@ -95,13 +126,15 @@ def optimize_for_inference(
 
     Args:
         model: a module in eval mode.
-        channels_last: run in ``torch.channels_last`` (weights converted once, inputs at each call).
-            The default: on the measured 2-core x86 CPU it was faster for every benchmarked family,
-            depthwise-heavy MobileNet and EfficientNet included, once BatchNorms are folded (see
-            ``docs/deploy.md``).
+        channels_last: ``True`` runs in ``torch.channels_last`` (weights converted once, inputs at each
+            call), ``False`` keeps the contiguous layout. ``"auto"`` (default) times both on
+            ``example_input`` with :func:`measure_channels_last` and keeps the faster; without an example
+            (no ``example_input``, no ``default_cfg``) it means ``True``. Neither layout won everywhere on
+            the measured CPU (see ``docs/deploy.md``): channels_last usually, contiguous for some
+            depthwise-heavy models at batch 1.
         compile: also apply :func:`torch.compile` (first call compiles: seconds to minutes).
-        example_input: the input to try the compiled module on; default a zero batch of one at
-            ``model.default_cfg["input_size"]``.
+        example_input: a representative input for the layout measurement and to try the compiled module
+            on; default a random batch of one at ``model.default_cfg["input_size"]``.
 
     Returns:
         The :class:`InferenceModel`.
@@ -111,20 +144,25 @@ def optimize_for_inference(
         ValueError: ``compile=True`` without ``example_input`` for a model without ``default_cfg``.
     """
     prepared = flatten_graph(fuse(model))
+    example = _example(model, example_input)
+    if channels_last == "auto":
+        channels_last = example is None or example.dim() != 4 or measure_channels_last(prepared, example)
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
     if compile:
-        prepared = _compiled_or_eager(prepared, _example(model, example_input), channels_last)
+        if example is None:
+            raise ValueError("compile=True needs example_input for a model without default_cfg['input_size']")
+        prepared = _compiled_or_eager(prepared, example, channels_last)
     return InferenceModel(prepared, channels_last=channels_last)
 
 
-def _example(model: nn.Module, example_input: torch.Tensor | None) -> torch.Tensor:
+def _example(model: nn.Module, example_input: torch.Tensor | None) -> torch.Tensor | None:
     if example_input is not None:
         return example_input
     cfg = getattr(model, "default_cfg", None)
     if not cfg or "input_size" not in cfg:
-        raise ValueError("compile=True needs example_input for a model without default_cfg['input_size']")
-    return torch.zeros(1, *cfg["input_size"])
+        return None
+    return torch.randn(1, *cfg["input_size"], generator=torch.Generator().manual_seed(0))
 
 
 def _compiled_or_eager(module: nn.Module, example: torch.Tensor, channels_last: bool) -> nn.Module:

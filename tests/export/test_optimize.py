@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import cnnkit
-from cnnkit.export import InferenceModel, flatten_graph, fuse, optimize_for_inference
+from cnnkit.export import InferenceModel, flatten_graph, fuse, measure_channels_last, optimize_for_inference
 
 from .test_fuse import randomize_batchnorms
 
@@ -81,3 +81,34 @@ def test_compiled_model_matches(generator):
     fast = optimize_for_inference(model, compile=True, example_input=x)
     with torch.no_grad():
         assert torch.allclose(fast(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("faster_in_channels_last", [True, False])
+def test_auto_layout_follows_the_measurement(resnet18, faster_in_channels_last, monkeypatch):
+    import cnnkit.export.optimize as optimize
+
+    seen = []
+
+    def measured(module, example, rounds=3):
+        seen.append(tuple(example.shape))
+        return faster_in_channels_last
+
+    monkeypatch.setattr(optimize, "measure_channels_last", measured)
+    fast = optimize_for_inference(resnet18, example_input=torch.zeros(4, 3, 32, 32))
+    assert fast.channels_last is faster_in_channels_last and seen == [(4, 3, 32, 32)]
+    optimize_for_inference(resnet18)  # example from the card's input size
+    assert seen[-1] == (1, 3, 224, 224)
+
+
+def test_auto_layout_without_an_example_is_channels_last():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    assert optimize_for_inference(model).channels_last
+
+
+def test_measure_channels_last_leaves_the_module_contiguous(generator):
+    module = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval()
+    assert measure_channels_last(module, torch.randn(1, 3, 16, 16, generator=generator), rounds=1) in (
+        True,
+        False,
+    )
+    assert module[0].weight.is_contiguous()
