@@ -75,6 +75,7 @@ def test_compile_needs_an_example_without_default_cfg():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a fallback to eager must fail this test
 def test_compiled_model_matches(generator):
     model = randomize_batchnorms(cnnkit.create_model("lenet5"), generator)
     x = torch.randn(2, 1, 32, 32, generator=generator)
