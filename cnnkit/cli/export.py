@@ -18,7 +18,7 @@ import sys
 import torch
 from torch import nn
 
-from cnnkit.errors import ConfigError
+from cnnkit.errors import ConfigError, DataError
 
 TOLERANCE = 1e-4
 """Largest accepted absolute difference between the exported file and PyTorch."""
@@ -44,7 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dynamic-batch", action="store_true", help="symbolic batch dimension (checked at batch 1 and 3)"
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, metavar="N", help="ONNX opset (default %(default)s)"
+    )
     parser.add_argument(
         "--input", metavar="CxHxW", help="input size (default: the checkpoint's or the model card's)"
     )
@@ -102,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     input_size = parse_input_size(args.input) if args.input is not None else None
     model, stem, size = load_export_target(args.target, args.weights, input_size)
     output = pathlib.Path(args.output or f"{stem}{SUFFIXES[args.format]}")
+    if not output.parent.is_dir():
+        raise DataError(f"--output folder not found: {output.parent}")
     generator = torch.Generator().manual_seed(0)
     batches = (1, 3) if args.dynamic_batch else (1,)
     samples = [torch.randn(n, *size, generator=generator) for n in batches]

@@ -89,6 +89,10 @@ def test_mismatch_past_tolerance_fails_with_exit_code_1(tmp_path, capsys, monkey
         (["lenet5", "--format", "onnx", "--input", "1x64x64"], "lenet5 cannot run on a 1x64x64 input"),
         (["lenet5", "--format", "onnx", "--opset", "99"], "--opset must be between 7 and 20"),
         (["lenet5", "--format", "onnx", "--weights", "nowhere.pth"], "nowhere.pth"),
+        (
+            ["lenet5", "--format", "torchscript", "--output", "no/dir/m.pt"],
+            "--output folder not found: no/dir",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
