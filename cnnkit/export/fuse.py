@@ -137,9 +137,9 @@ def fuse(model: nn.Module) -> nn.Module:
 
     The folded BatchNorms become ``nn.Identity``; the copy keeps the model's class, so its methods (the
     feature contract included) still work. ``model`` itself is left unchanged. Outputs equal those of
-    ``model`` in eval mode up to float rounding (within 1e-5 of the output scale, max(1, max |y|), for every zoo model with
-    random BatchNorm statistics; exact to 1e-10 in float64). The folding is only valid for
-    inference: the copy is in eval mode and training it would train the folded weights without
+    ``model`` in eval mode up to float rounding: within 1e-5 of the output scale ``max(1, max |y|)`` for
+    every zoo model with random BatchNorm statistics, within 1e-10 in float64. The folding is only valid
+    for inference: the copy is in eval mode and training it would train the folded weights without
     BatchNorm. A ``Linear -> BatchNorm1d`` pair is folded assuming the linear output is ``(N, features)``,
     the layout in which ``BatchNorm1d`` normalizes the linear's outputs.
 
