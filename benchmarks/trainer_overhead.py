@@ -11,21 +11,24 @@ per-round ratios ``trainer / hand`` (goal: <= 1.05).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 
-import torch
-import torch.nn.functional as F
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the cnnkit command sets it (see cnnkit.cli)
 
-import cnnkit
-from cnnkit.data import MNIST5k
-from cnnkit.data.loader import BatchLoader
-from cnnkit.data.sampler import EpochSampler
-from cnnkit.engine.callbacks import CheckpointCallback, CSVLogger, ProgressCallback
-from cnnkit.engine.optim import build_optimizer, build_scheduler
-from cnnkit.engine.trainer import Trainer
-from cnnkit.tasks.classification import ClassificationTask
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import cnnkit  # noqa: E402
+from cnnkit.data import MNIST5k  # noqa: E402
+from cnnkit.data.loader import BatchLoader  # noqa: E402
+from cnnkit.data.sampler import EpochSampler  # noqa: E402
+from cnnkit.engine.callbacks import CheckpointCallback, CSVLogger, ProgressCallback  # noqa: E402
+from cnnkit.engine.optim import build_optimizer, build_scheduler  # noqa: E402
+from cnnkit.engine.trainer import Trainer  # noqa: E402
+from cnnkit.tasks.classification import ClassificationTask  # noqa: E402
 
 MEAN, STD = (0.1307,), (0.3081,)
 

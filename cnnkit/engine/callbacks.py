@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from cnnkit import transfer
-from cnnkit.engine.checkpoint import save_checkpoint, save_weights
+from cnnkit.engine.checkpoint import BackgroundWriter, save_checkpoint, save_weights
 from cnnkit.engine.trainer import Callback, Trainer
 from cnnkit.errors import ConfigError
 
@@ -27,7 +27,9 @@ def metric_is_better(name: str, value: float, best: float | None) -> bool:
 class CheckpointCallback(Callback):
     """Save ``last`` after every epoch (and on Ctrl-C), ``best`` when the chosen metric improves.
 
-    A NaN/inf loss saves nothing, so ``last`` stays the last good checkpoint.
+    Saves are written by a :class:`~cnnkit.engine.checkpoint.BackgroundWriter` from copies taken at the
+    event, so training goes on while the disk works; the run waits for them when it ends. A NaN/inf loss
+    saves nothing, so ``last`` stays the last good checkpoint.
 
     Args:
         run_dir: the run directory.
@@ -42,6 +44,7 @@ class CheckpointCallback(Callback):
         self.metric = metric
         self.extra = extra_metadata or {}
         self.best: float | None = None
+        self.writer = BackgroundWriter()
 
     def _meta(self, trainer: Trainer) -> dict[str, Any]:
         return {**self.extra, **trainer.position(), "best_metric": self.metric, "best_value": self.best}
@@ -58,13 +61,23 @@ class CheckpointCallback(Callback):
         if trainer.is_main and value is not None and metric_is_better(self.metric, value, self.best):
             self.best = value
             meta = {**self._meta(trainer), "epoch": trainer.epoch + 1, "batch_in_epoch": 0}
-            save_weights(self.run_dir / "best.safetensors", trainer.eval_model, meta)
+            weights, _ = self.writer.snapshot(trainer.eval_model)
+            self.writer.submit(lambda: save_weights(self.run_dir / "best.safetensors", weights, meta))
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if trainer.is_main:
-            save_checkpoint(self.run_dir, trainer._unwrapped(), trainer.state_dict(), self._meta(trainer))
+            weights, state = self.writer.snapshot(trainer._unwrapped(), trainer.state_dict())
+            meta = self._meta(trainer)
+            self.writer.submit(lambda: save_checkpoint(self.run_dir, weights, state, meta))
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.writer.wait()
+
+    def on_nonfinite(self, trainer: Trainer) -> None:
+        self.writer.wait()  # the last good checkpoint is complete on disk before the error surfaces
 
     def on_interrupt(self, trainer: Trainer) -> None:
+        self.writer.wait()
         if trainer.is_main:
             save_checkpoint(self.run_dir, trainer._unwrapped(), trainer.state_dict(), self._meta(trainer))
 

@@ -16,11 +16,13 @@ names the state file it pairs with, and old state files are deleted only after t
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pathlib
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -57,15 +59,30 @@ def atomic_write(path: str | pathlib.Path, write: Any) -> None:
         raise
 
 
-def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A model's state_dict as contiguous CPU tensors (DDP/compiled wrappers unwrapped)."""
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+StateOrModel = nn.Module | Mapping[str, torch.Tensor]
+
+
+def model_state(model: StateOrModel, copy_tensors: bool = False) -> dict[str, torch.Tensor]:
+    """A state_dict as contiguous CPU tensors (DDP/compiled wrappers unwrapped).
+
+    Args:
+        model: a module, or a state_dict already.
+        copy_tensors: clone tensors that would otherwise share memory with the live model (needed when the
+            write happens later, while training goes on).
+    """
+    if isinstance(model, nn.Module):
+        model = getattr(model, "module", model)
+        model = getattr(model, "_orig_mod", model)
+        model = model.state_dict()
+    out = {}
+    for k, v in model.items():
+        cpu = v.detach().cpu().contiguous()
+        out[k] = cpu.clone() if copy_tensors and cpu.data_ptr() == v.data_ptr() else cpu
+    return out
 
 
 def save_weights(
-    path: str | pathlib.Path, model: nn.Module, metadata: Mapping[str, Any] | None = None
+    path: str | pathlib.Path, model: StateOrModel, metadata: Mapping[str, Any] | None = None
 ) -> None:
     """Atomically save a model's weights as safetensors; ``metadata`` values are stored as JSON strings."""
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
@@ -105,7 +122,7 @@ def load_weights(path: str | pathlib.Path, model: nn.Module, strict: bool = True
 
 def save_checkpoint(
     run_dir: str | pathlib.Path,
-    model: nn.Module,
+    model: StateOrModel,
     training_state: Mapping[str, Any],
     metadata: Mapping[str, Any],
     name: str = "last",
@@ -114,7 +131,7 @@ def save_checkpoint(
 
     Args:
         run_dir: the run directory.
-        model: the model whose weights are saved.
+        model: the model whose weights are saved, or its state_dict.
         training_state: tensors and plain containers (optimizer, scheduler, scaler, EMA, RNG states).
         metadata: JSON-serialisable trainer state (must include ``step``); also written to
             ``trainer_state.json`` for ``last``.
@@ -159,3 +176,40 @@ def load_checkpoint(
         except Exception as err:
             raise DataError(f"cannot read training state {state_file}: {err}".splitlines()[0]) from err
     return load_file(str(weights_path), device="cpu"), training, meta
+
+
+class BackgroundWriter:
+    """Writes checkpoints on one background thread, in order, so training does not wait for the disk.
+
+    :meth:`snapshot` copies what a save needs (weights, training state, metadata) at the moment it is
+    called; :meth:`submit` queues a write of such a snapshot. An error in a write is raised by the next
+    :meth:`submit` or :meth:`wait`. Writes stay atomic (see the module docs): a crash loses at most the
+    queued ones, never the previous checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-checkpoint")
+        self._pending: list[Future] = []
+
+    @staticmethod
+    def snapshot(model: StateOrModel, training_state: Mapping[str, Any] | None = None) -> tuple[dict, dict]:
+        """Copies of the weights and of the training state, safe to write while training continues."""
+        return model_state(model, copy_tensors=True), copy.deepcopy(dict(training_state or {}))
+
+    def submit(self, write: Callable[[], Any]) -> None:
+        """Queue ``write()``; first re-raise the error of any finished write."""
+        self._reap(block=False)
+        self._pending.append(self._pool.submit(write))
+
+    def wait(self) -> None:
+        """Block until every queued write is done; re-raise the first error."""
+        self._reap(block=True)
+
+    def _reap(self, block: bool) -> None:
+        still = []
+        for future in self._pending:
+            if block or future.done():
+                future.result()
+            else:
+                still.append(future)
+        self._pending = still
