@@ -1,4 +1,4 @@
-"""CPU inference throughput: torchvision eager vs fx fuse, channels_last, cnnkit's optimized model, onnxruntime.
+"""CPU inference: torchvision eager vs fx fuse, channels_last, cnnkit's optimized model and onnxruntime.
 
 For each model and batch size every path runs on the same input, in interleaved rounds (one call of each
 path per round, so machine noise hits all alike); a path's figure is its best round, reported as images/s
@@ -10,7 +10,7 @@ Paths:
     ch_last   torchvision model and input in torch.channels_last
     cnnkit    cnnkit.export.optimize_for_inference(cnnkit model with the torchvision state_dict), its layout
               chosen by measurement on the benchmark batch (channels_last="auto"; printed as cl / contig)
-    ort       onnxruntime session (default threads unless --threads) on the ONNX file of the fused cnnkit model
+    ort       onnxruntime session (default threads unless --threads) on the fused cnnkit model's ONNX file
 
     python benchmarks/inference.py                       # resnet18 mobilenet_v2 efficientnet_b0 convnext_tiny
     python benchmarks/inference.py resnet18 --rounds 20 --batch 1
@@ -106,7 +106,8 @@ def main() -> None:
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"input {args.size}x{args.size}, best of {args.rounds} interleaved rounds; ratio = images/s over eager"
+        f"input {args.size}x{args.size}, best of {args.rounds} interleaved rounds; "
+        "ratio = images/s over eager"
     )
     print(
         f"{'model':16s} {'batch':>5s} {'eager img/s':>11s} "

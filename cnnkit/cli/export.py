@@ -121,9 +121,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         export_torchscript(fused, output, samples[0])
     diff = max_abs_diff(output, model, samples)
-    print(
-        f"wrote {output} ({args.format}, input {'x'.join(map(str, size))}, batch {'dynamic' if args.dynamic_batch else 1})"
-    )
+    batch = "dynamic" if args.dynamic_batch else 1
+    print(f"wrote {output} ({args.format}, input {'x'.join(map(str, size))}, batch {batch})")
     print(
         f"max abs diff vs PyTorch: {diff:.3g} (batch {', '.join(map(str, batches))}; tolerance {TOLERANCE:g})"
     )

@@ -1,4 +1,4 @@
-"""``cnnkit export`` and the export functions: files that onnxruntime / torch.jit run, checked, loud errors."""
+"""``cnnkit export`` and the export functions: files that run, checked against PyTorch; loud errors."""
 
 from __future__ import annotations
 
