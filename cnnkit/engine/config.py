@@ -107,6 +107,7 @@ class TrainConfig:
     best_metric: str = "accuracy"
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # intra-op CPU threads; None: 1 for tiny models, else torch's default
     output_dir: str | None = None
     name: str | None = None
     plots: bool = True
