@@ -106,19 +106,6 @@ class AlexNet(ClassifierModel):
             x = layer(x)
         return x if pre_logits else last(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``classifier.6`` with a fresh ``Linear(head_hidden_size, num_classes)`` (0: identity).
-
-        Args:
-            num_classes: outputs of the new classifier.
-        """
-        old = self.classifier[6]
-        new = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(old, nn.Linear):
-            new = new.to(device=old.weight.device, dtype=old.weight.dtype)
-        self.classifier[6] = new
-        self.num_classes = num_classes
-
     def head_modules(self) -> list[str]:
         """The pooling and the whole three-layer classifier, unused by the stage maps."""
         return ["avgpool", "classifier"]

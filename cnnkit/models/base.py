@@ -67,7 +67,8 @@ class ClassifierModel(nn.Module):
     Subclasses set ``self.num_classes``, ``self.num_features`` (channels entering the classifier) and
     ``self.feature_info``, and implement ``forward_intermediates``, ``forward_features`` and
     ``forward_head``. Subclasses whose classifier is not a single ``nn.Linear`` named by
-    ``classifier_name`` override ``reset_classifier``.
+    ``classifier_name`` (reading ``head_hidden_size`` or ``num_features`` inputs) override
+    ``reset_classifier``.
     """
 
     classifier_name: str = "fc"
@@ -97,9 +98,14 @@ class ClassifierModel(nn.Module):
         return self.get_submodule(self.classifier_name)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one of ``num_classes`` outputs (0: identity)."""
+        """Replace the classifier with a freshly initialised one of ``num_classes`` outputs (0: identity).
+
+        The new ``nn.Linear`` reads ``head_hidden_size`` features where the head has hidden layers (AlexNet,
+        VGG, LeNet), else ``num_features``.
+        """
         self.num_classes = num_classes
-        new = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        width = getattr(self, "head_hidden_size", self.num_features)
+        new = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
         parent_name, _, child = self.classifier_name.rpartition(".")
         parent = self.get_submodule(parent_name) if parent_name else self
         old = getattr(parent, child)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cnnkit.tasks.images import channel_stats, normalize_images
 from cnnkit.tasks.metrics import confusion_matrix
 
 AugmentFn = Callable[..., tuple[torch.Tensor, Any]]
@@ -37,19 +38,15 @@ class ClassificationTask:
         aux_weight: float = 0.3,
     ) -> None:
         self.num_classes = num_classes
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean = channel_stats(mean)
+        self.std = channel_stats(std)
         self.augment = augment
         self.label_smoothing = label_smoothing
         self.aux_weight = aux_weight
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8`` or ``[0, 1]`` float images ``(B, C, H, W)`` -> normalized float32."""
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - mean) / std
+        return normalize_images(images, self.mean, self.std)
 
     def prepare(
         self, batch: tuple[torch.Tensor, torch.Tensor], *, train: bool, device: torch.device, generator=None

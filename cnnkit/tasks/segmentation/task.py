@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from cnnkit.errors import ConfigError, DataError
+from cnnkit.tasks.images import channel_stats, normalize_images
 from cnnkit.tasks.segmentation.losses import cross_entropy, dice_loss, focal_loss
 from cnnkit.tasks.segmentation.metrics import SegmentationEvaluator
 
@@ -52,8 +53,8 @@ class SegmentationTask:
         if loss not in LOSSES:
             raise ConfigError(f"unknown segmentation loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.num_classes = num_classes
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean = channel_stats(mean)
+        self.std = channel_stats(std)
         self.augment = augment
         self.ignore_index = ignore_index
         self.loss = loss
@@ -61,10 +62,7 @@ class SegmentationTask:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8`` or ``[0, 1]`` float images ``(B, C, H, W)`` -> normalized float32."""
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return normalize_images(images, self.mean, self.std)
 
     def prepare(
         self,
