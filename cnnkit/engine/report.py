@@ -17,7 +17,7 @@ class ClassificationPlots(Callback):
 
     Args:
         run_dir: where the PNGs go.
-        val_data: validation dataset of ``(image uint8, label)`` (the first ``n_samples`` are drawn).
+        val_data: validation dataset of ``(image uint8, label)`` (``n_samples`` evenly spaced ones are drawn).
         classes: class names.
         metric: the metric plotted beside the losses.
         n_samples: validation images predicted for the grid (misclassified ones shown first).
@@ -46,7 +46,9 @@ class ClassificationPlots(Callback):
                 trainer.metrics["confusion"], self.classes, self.run_dir / "confusion_matrix.png"
             )
         n = min(self.n_samples, len(self.val_data))
-        items = [self.val_data[i] for i in range(n)]
+        # Evenly spaced, so that a split stored class by class still shows every class.
+        index = torch.linspace(0, len(self.val_data) - 1, n).round().long().unique().tolist()
+        items = [self.val_data[i] for i in index]
         images = torch.stack([img for img, _ in items])
         labels = torch.tensor([int(label) for _, label in items])
         model = trainer.eval_model.eval()
