@@ -42,9 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TRAIN_OPTIONS = ("--resume", "--help", "-h")
+
+
+def _dashed_overrides(args: list[str]) -> list[str]:
+    """``cnnkit train --epochs 5 --optim.lr=0.1`` means ``epochs=5 optim.lr=0.1``: rewrite such options.
+
+    ``--resume`` and ``--help`` stay options; an option without a value is left for argparse to reject.
+    """
+    out, i = [], 0
+    while i < len(args):
+        item = args[i]
+        key, sep, value = item[2:].partition("=")
+        if not item.startswith("--") or item.split("=")[0] in _TRAIN_OPTIONS or not key:
+            out.append(item)
+        elif sep:
+            out.append(f"{key.replace('-', '_')}={value}")
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append(f"{key.replace('-', '_')}={args[i + 1]}")
+            i += 1
+        else:
+            out.append(item)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 2 bad input)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        argv = ["train", *_dashed_overrides(argv[1:])]
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -128,3 +128,12 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path):
     assert err.strip().splitlines()[-1] == "cnnkit train: interrupted" and "Traceback" not in err
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["epoch"] >= 1 and state["step"] >= 31
+
+
+def test_dashed_options_are_overrides(tmp_path, capsys):
+    out = tmp_path / "dashed"
+    argv = ["train", "--epochs", "1", "--data.train-size=300", "--data.val_size", "100", "--plots", "false"]
+    assert main([*argv, "--progress=false", f"--output-dir={out}"]) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["epoch"] == 1 and state["history"][-1]["samples"] == 100
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
