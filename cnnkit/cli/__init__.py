@@ -42,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console():
+    """A rich console for tables: the terminal's width, or 160 columns when output is piped to a file.
+
+    Rich assumes 80 columns off a terminal, which wraps layer names in ``cnnkit summary > file``.
+    """
+    from rich.console import Console
+
+    terminal = Console()
+    return terminal if terminal.is_terminal else Console(width=160)
+
+
 _TRAIN_OPTIONS = ("--resume", "--help", "-h")
 
 

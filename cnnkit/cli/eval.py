@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from cnnkit.cli import console
 
     table = Table(title=f"{args.checkpoint}: {metrics['samples']} samples")
     table.add_column("class")
@@ -61,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
     table.caption = (
         f"accuracy {metrics['accuracy']:.4f}   top-5 {metrics['top5']:.4f}   loss {metrics['loss']:.4f}"
     )
-    Console().print(table)
+    console().print(table)
     return 0

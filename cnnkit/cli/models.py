@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from cnnkit.cli import console
 
     table = Table(title=f"{len(rows)} registered model{'s' if len(rows) != 1 else ''}")
     table.add_column("Model")
@@ -88,5 +89,5 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         size = "x".join(map(str, row["input_size"]))
         table.add_row(row["name"], row["family"], f"{row['params']:,}", format_gmacs(row["macs"]), size)
-    Console().print(table)
+    console().print(table)
     return 0

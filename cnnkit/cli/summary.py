@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
-    from rich.console import Console
+    from cnnkit.cli import console
 
-    Console().print(report.table(title=f"{args.target} at 1x{c}x{h}x{w}"))
+    console().print(report.table(title=f"{args.target} at 1x{c}x{h}x{w}"))
     return 0
