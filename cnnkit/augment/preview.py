@@ -54,7 +54,13 @@ def photo_samples(size: int = 256) -> tuple[Tensor, list[Target], list[str]]:
     Returns:
         ``(images uint8 (4, 3, size, size), targets, class names)``.
     """
-    from skimage import data
+    try:
+        from skimage import data
+    except ImportError as err:
+        raise ConfigError(
+            "the 'photos' samples come from scikit-image: pip install 'cnnkit[preview]' (or scikit-image), "
+            "or use --dataset mnist-det"
+        ) from err
 
     images, targets = [], []
     for name, objects in PHOTOS:
