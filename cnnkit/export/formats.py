@@ -113,8 +113,12 @@ def run_exported(path: str | pathlib.Path, x: torch.Tensor) -> list[torch.Tensor
     """
     path = pathlib.Path(path)
     if path.suffix == ".onnx":
-        import onnxruntime
-
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise ConfigError(
+                "checking an ONNX file needs onnxruntime: pip install 'cnnkit[export]' (onnx, onnxruntime)"
+            ) from err
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return [torch.from_numpy(y) for y in session.run(None, {INPUT_NAME: x.numpy()})]
     with _quiet_deprecations(), torch.no_grad():
