@@ -17,7 +17,8 @@ Rules (per spatial axis; source: the reference page, "Receptive Field", with the
 - upsampling by ``s``: ``jump_out = jump_in/s``; nearest keeps ``rf``, (bi/tri)linear reads 2 input
   pixels per side (``rf + jump_in``), bicubic 4 (``rf + 3*jump_in``);
 - several inputs (add, mul, cat, ...): the largest ``rf`` and the largest jump over the inputs; a global
-  input makes the output global;
+  input makes the output global (a map gated by a global value, as in squeeze-and-excitation, keeps its
+  spatial axes so that later strides still multiply its jump);
 - a window that mixes a spatial axis wholesale (it sits in the channel dim of a conv, a linear layer
   reads it, a reduction runs over it) makes the output global, and everything after it stays global.
 
@@ -100,10 +101,16 @@ def merge(fields: Sequence[MaybeField]) -> MaybeField:
     live = [f for f in fields if f is not None]
     if not live:
         return None
+    axed = [f for f in live if f.axes]
+    same_axes = bool(axed) and all(f.axes == axed[0].axes for f in axed)
+    if any(f.is_global for f in live) or not same_axes or len(axed) < len(live):
+        if same_axes:
+            # A map gated by a global value (squeeze-and-excitation): every unit now sees the whole input,
+            # but the map keeps its spatial axes, so later strides still multiply its jump.
+            jump = tuple(max(f.jump[i] for f in axed) for i in range(len(axed[0].axes)))
+            return Field((), jump, axed[0].axes, True)
+        return Field((), (max(max(f.jump) for f in live),), (), True)
     first = live[0]
-    if any(f.is_global or f.axes != first.axes for f in live):
-        jump = max(max(f.jump) for f in live)
-        return Field((), (jump,), (), True)
     rf = tuple(max(f.rf[i] for f in live) for i in range(len(first.rf)))
     jump = tuple(max(f.jump[i] for f in live) for i in range(len(first.rf)))
     return Field(rf, jump, first.axes)
@@ -129,8 +136,15 @@ def window(
     over. The window mixes everything along the dims before ``first_dim`` other than the batch dim
     (channels), so a spatial axis living there makes the output global.
     """
-    if field is None or field.is_global:
+    if field is None or (field.is_global and not field.axes):
         return field
+    if field.is_global:  # a gated map: only its jump still changes
+        jump = list(field.jump)
+        for i, axis in enumerate(field.axes):
+            offset = axis - first_dim
+            if 0 <= offset < len(kernel):
+                jump[i] = jump[i] * Fraction(stride[offset])
+        return Field((), tuple(jump), field.axes, True)
     rf, jump = list(field.rf), list(field.jump)
     for i, axis in enumerate(field.axes):
         offset = axis - first_dim

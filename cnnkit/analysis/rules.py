@@ -179,7 +179,7 @@ def _window_from_shapes(f: MaybeField, x: torch.Tensor, out: torch.Tensor, n: in
     """
     first = x.ndim - n
     sizes = [(x.shape[first + j], out.shape[first + j]) for j in range(n)]
-    if f is None or f.is_global:
+    if f is None or (f.is_global and not f.axes):
         return f
     if all(o == 1 for _, o in sizes):
         return f.made_global(max(length for length, _ in sizes))

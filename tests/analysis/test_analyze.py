@@ -370,3 +370,28 @@ def test_op_without_rule_that_changes_spatial_size_warns_and_is_global():
     with pytest.warns(UserWarning, match="unfold changes a spatial size"):
         report = analyze(Unfold(), (1, 1, 8, 8))
     assert report.rf == "global" and report.rows[0].output_shape == (1, 4, 16)
+
+
+class _GatedStack(nn.Module):
+    """Strided conv, a squeeze-and-excitation gate, then another strided conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = nn.Conv2d(8, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = self.bn(x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True))))
+        return self.conv2(x)
+
+
+def test_gated_maps_are_global_but_keep_counting_their_jump():
+    report = analyze(_GatedStack(), (1, 3, 32, 32))
+    rows = {row.name: row for row in report.rows}
+    assert (rows["conv1"].rf, rows["conv1"].jump) == (3, 2)
+    assert (rows["bn"].rf, rows["bn"].jump) == ("global", 2)
+    assert (rows["conv2"].rf, rows["conv2"].jump) == ("global", 4)
+    assert (report.rf, report.jump) == ("global", 4)
