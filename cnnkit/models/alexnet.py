@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
-from cnnkit.models.base import ClassifierModel, FeatureInfo
+from cnnkit.models.base import FeatureInfo, SequentialConvNet
 from cnnkit.models.registry import register_model
 
 PAPER = (
@@ -29,7 +28,7 @@ PAPER = (
 )
 
 
-class AlexNet(ClassifierModel):
+class AlexNet(SequentialConvNet):
     """AlexNet: ``features`` (five convolutions, three max pools), ``avgpool`` to 6x6, ``classifier``.
 
     ``feature_info`` holds the activation after conv1 (reduction 4), conv2 (8) and conv5 (16), and the
@@ -46,8 +45,6 @@ class AlexNet(ClassifierModel):
         - Input: ``(N, in_chans, H, W)`` with ``H, W >= 63``.
         - Output: ``(N, num_classes)``; ``forward_features``: ``(N, 256, 6, 6)`` at 224x224.
     """
-
-    classifier_name = "classifier.6"
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5) -> None:
         super().__init__()
@@ -84,31 +81,6 @@ class AlexNet(ClassifierModel):
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes) if num_classes > 0 else nn.Identity(),
         )
-
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Maps after conv1, conv2, conv5 and the last pool, in the order of ``feature_info``."""
-        maps = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._stage_ends:
-                maps.append(x)
-        return maps
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Output of ``features``, ``(N, 256, H', W')`` (6x6 at 224x224)."""
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool to 6x6, flatten, two hidden linear layers; ``pre_logits=True`` stops before the last one."""
-        x = torch.flatten(self.avgpool(x), 1)
-        *hidden, last = self.classifier
-        for layer in hidden:
-            x = layer(x)
-        return x if pre_logits else last(x)
-
-    def head_modules(self) -> list[str]:
-        """The pooling and the whole three-layer classifier, unused by the stage maps."""
-        return ["avgpool", "classifier"]
 
 
 @register_model(

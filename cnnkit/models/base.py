@@ -116,3 +116,42 @@ class ClassifierModel(nn.Module):
     def head_modules(self) -> list[str]:
         """Dotted names of the modules used only by ``forward_head`` (dropped by ``features_only``)."""
         return [self.classifier_name]
+
+
+class SequentialConvNet(ClassifierModel):
+    """The AlexNet / VGG layout: a ``features`` stack, an adaptive ``avgpool`` and an MLP ``classifier``.
+
+    Subclasses build ``features`` (``nn.Sequential``), ``avgpool``, ``classifier`` (hidden layers, then the
+    last ``nn.Linear``) and ``_stage_ends``, the indices in ``features`` whose outputs are the stage maps.
+    """
+
+    classifier_name = "classifier.6"
+    features: nn.Sequential
+    avgpool: nn.Module
+    classifier: nn.Sequential
+    _stage_ends: frozenset[int]
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of the layers in ``_stage_ends``, in the order of ``feature_info``."""
+        maps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self._stage_ends:
+                maps.append(x)
+        return maps
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of ``features``."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool, flatten, the hidden linear layers; ``pre_logits=True`` stops before the last layer."""
+        x = torch.flatten(self.avgpool(x), 1)
+        *hidden, last = self.classifier
+        for layer in hidden:
+            x = layer(x)
+        return x if pre_logits else last(x)
+
+    def head_modules(self) -> list[str]:
+        """The pooling and the whole classifier, unused by the stage maps."""
+        return ["avgpool", "classifier"]

@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from cnnkit.errors import ConfigError
-from cnnkit.models.base import ClassifierModel, FeatureInfo
+from cnnkit.models.base import FeatureInfo, SequentialConvNet
 from cnnkit.models.registry import register_model
 
 PAPER = (
@@ -38,7 +37,7 @@ CONVS_PER_STAGE = {
 }
 
 
-class VGG(ClassifierModel):
+class VGG(SequentialConvNet):
     """A VGG network: ``features`` (conv stages), ``avgpool`` to 7x7, ``classifier`` (three linear layers).
 
     ``feature_info`` holds the last activation of stages 2 to 5 (reductions 2, 4, 8, 16, before their max
@@ -57,8 +56,6 @@ class VGG(ClassifierModel):
         - Input: ``(N, in_chans, H, W)`` with ``H, W >= 32``.
         - Output: ``(N, num_classes)``; ``forward_features``: ``(N, 512, H / 32, W / 32)``.
     """
-
-    classifier_name = "classifier.6"
 
     def __init__(
         self,
@@ -119,31 +116,6 @@ class VGG(ClassifierModel):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
-
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Stage maps at reductions 2, 4, 8, 16 (before their pool) and 32, in the order of ``feature_info``."""
-        maps = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._stage_ends:
-                maps.append(x)
-        return maps
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Output of ``features``, ``(N, 512, H / 32, W / 32)``."""
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool to 7x7, flatten, two hidden linear layers; ``pre_logits=True`` stops before the last one."""
-        x = torch.flatten(self.avgpool(x), 1)
-        *hidden, last = self.classifier
-        for layer in hidden:
-            x = layer(x)
-        return x if pre_logits else last(x)
-
-    def head_modules(self) -> list[str]:
-        """The pooling and the whole three-layer classifier, unused by the stage maps."""
-        return ["avgpool", "classifier"]
 
 
 def _card(name: str, weights: str, params: int, macs: int) -> dict[str, Any]:
