@@ -96,6 +96,11 @@ def _set_trainable(model: nn.Module, stages: Sequence[str], trainable: bool, fre
     selected = {p for s in stages for p in groups[s]}
     for name in selected:
         params[name].requires_grad_(trainable)
+    _set_bn_trainable(model, selected, trainable, freeze_bn)
+
+
+def _set_bn_trainable(model: nn.Module, selected: set[str], trainable: bool, freeze_bn: bool) -> None:
+    """Swap the BatchNorm layers whose ``weight`` is in ``selected`` to (or back from) frozen eval mode."""
     for mname, module in model.named_modules():
         if not isinstance(module, _BN_TYPES) or not module.affine:
             continue
@@ -107,6 +112,15 @@ def _set_trainable(model: nn.Module, stages: Sequence[str], trainable: bool, fre
         elif trainable and hasattr(type(module), "_cnnkit_frozen_from"):
             module.__class__ = type(module)._cnnkit_frozen_from
             module.train(model.training)
+
+
+def set_trainable(module: nn.Module, trainable: bool, freeze_bn: bool = True) -> None:
+    """Freeze (or unfreeze) every parameter of ``module``, e.g. a detector's backbone; frozen BatchNorm
+    layers stay in eval mode (running statistics fixed) when ``freeze_bn``."""
+    names = {name for name, _ in module.named_parameters()}
+    for parameter in module.parameters():
+        parameter.requires_grad_(trainable)
+    _set_bn_trainable(module, names, trainable, freeze_bn)
 
 
 def freeze(model: nn.Module, until: str | None = None, freeze_bn: bool = True) -> list[str]:

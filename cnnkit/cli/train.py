@@ -54,11 +54,25 @@ def run(args: argparse.Namespace) -> int:
         result = resume(pathlib.Path(args.resume), overrides)
     else:
         result = train(load_config(config_path, overrides))
-    metrics = result.metrics
-    if "accuracy" in metrics:
-        best = f" (best {result.best:.4f})" if result.best is not None else ""
-        print(
-            f"test accuracy {metrics['accuracy']:.4f}{best}, top-5 {metrics['top5']:.4f}, in {result.seconds:.1f} s"
-        )
+    print(result_line(result.metrics, result.best, result.seconds))
     print(result.run_dir)
     return 0
+
+
+def result_line(metrics: dict, best: float | None, seconds: float) -> str:
+    """One line with a run's final validation metrics (per task) and the best value of its chosen metric."""
+    best_text = f" (best {best:.4f})" if best is not None else ""
+    if "accuracy" in metrics:
+        head = f"test accuracy {metrics['accuracy']:.4f}{best_text}, top-5 {metrics['top5']:.4f}"
+    elif "mask_map" in metrics:
+        head = (
+            f"mask mAP {metrics['mask_map']:.4f}{best_text}, mask mAP@.5 {metrics['mask_map50']:.4f}, "
+            f"box mAP@.5 {metrics['map50']:.4f}"
+        )
+    elif "map" in metrics:
+        head = f"mAP@[.5:.95] {metrics['map']:.4f}{best_text}, mAP@.5 {metrics['map50']:.4f}"
+    elif "miou" in metrics:
+        head = f"mIoU {metrics['miou']:.4f}{best_text}, Dice {metrics['dice']:.4f}"
+    else:
+        head = "finished"
+    return f"{head}, in {seconds:.1f} s"

@@ -32,7 +32,7 @@ class DataConfig:
 
     name: str = "mnist5k"
     batch_size: int = 64
-    eval_batch_size: int = 500
+    eval_batch_size: int | None = None  # None: 500 for classification, 32 for detection/segmentation
     num_workers: int = 0
     image_size: int | None = None
     train_size: int | None = None
@@ -80,7 +80,12 @@ class TransferConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. Defaults train LeNet-5 on the bundled MNIST-5k."""
+    """Everything one training run needs. Defaults train LeNet-5 on the bundled MNIST-5k.
+
+    ``task``: ``classification``, ``detection`` (``model``: ``yolo`` or ``faster_rcnn`` on a ``backbone``) or
+    ``segmentation`` (``unet``, ``fcn``, ``deeplabv3``, ``mask_rcnn``); see :mod:`cnnkit.engine.datasets` for
+    the ``data`` each task reads.
+    """
 
     task: str = "classification"
     model: str = "lenet5"
@@ -89,10 +94,8 @@ class TrainConfig:
     weights: str | None = None
     num_classes: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    augment: list[Any] = field(
-        default_factory=lambda: [
-            {"RandomAffine": {"degrees": 10, "translate": [0.1, 0.1], "scale": [0.9, 1.1]}}
-        ]
+    augment: list[Any] | None = (
+        None  # None: the task's default (cnnkit.engine.run.DEFAULT_AUGMENT); [] for none
     )
     epochs: int = 12
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -104,7 +107,7 @@ class TrainConfig:
     accumulate: int = 1
     ema_decay: float | None = None
     early_stopping_patience: int | None = None
-    best_metric: str = "accuracy"
+    best_metric: str | None = None  # None: accuracy, map (detection), miou / mask_map (segmentation)
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # intra-op CPU threads; None: 1 for tiny models, else torch's default

@@ -1,4 +1,4 @@
-"""PNG plots of a run: learning curves, confusion matrix, a grid of sample predictions."""
+"""PNG plots of a run: learning curves, confusion matrix, sample predictions; drawn detections and masks."""
 
 from __future__ import annotations
 
@@ -102,6 +102,90 @@ def plot_predictions(
         title = f"{classes[pred[i]]} {conf[i]:.2f}" + ("" if ok else f"\n(true {classes[labels[i]]})")
         ax.set_title(title, fontsize=7, color="black" if ok else "red")
     fig.suptitle(f"sample predictions: {len(wrong)} misclassified of {len(labels)}, shown first", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def palette(num_colors: int) -> list[tuple[int, int, int]]:
+    """``num_colors`` distinct RGB colours (matplotlib's ``tab20``, cycled), one per class."""
+    cmap = plt.get_cmap("tab20")
+    return [tuple(int(255 * c) for c in cmap(i % 20)[:3]) for i in range(num_colors)]
+
+
+def _rgb(image: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(3, H, W)`` from a uint8 or ``[0, 1]`` float ``(C, H, W)`` image (gray repeated)."""
+    if image.dtype != torch.uint8:
+        image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return image.expand(3, -1, -1).contiguous() if image.shape[0] == 1 else image[:3]
+
+
+def draw_detections(
+    image: torch.Tensor,
+    detections: dict[str, torch.Tensor],
+    classes: Sequence[str],
+    mask_alpha: float = 0.45,
+) -> torch.Tensor:
+    """Draw boxes with ``class score`` captions (and instance masks, when present) on an image.
+
+    Uses ``torchvision.utils.draw_bounding_boxes`` / ``draw_segmentation_masks``; one colour per class.
+
+    Shape:
+        - image: ``(C, H, W)`` uint8 or float in ``[0, 1]``
+        - detections: ``boxes (K, 4)`` xyxy pixels, ``labels (K,)``, optional ``scores (K,)`` and
+          ``masks (K, H, W)`` (probabilities or 0/1; drawn where ``>= 0.5``)
+        - output: uint8 ``(3, H, W)``
+    """
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    canvas = _rgb(image.cpu())
+    colours = palette(len(classes))
+    labels = detections["labels"].cpu().tolist()
+    if "masks" in detections and len(labels):
+        masks = detections["masks"].cpu() >= 0.5
+        canvas = draw_segmentation_masks(canvas, masks, alpha=mask_alpha, colors=[colours[c] for c in labels])
+    if not labels:
+        return canvas
+    scores = detections.get("scores")
+    captions = [
+        f"{classes[c]}" + (f" {s:.2f}" if scores is not None else "")
+        for c, s in zip(labels, (scores.tolist() if scores is not None else [None] * len(labels)))
+    ]
+    return draw_bounding_boxes(
+        canvas, detections["boxes"].cpu().float(), captions, colors=[colours[c] for c in labels], width=1
+    )
+
+
+def overlay_mask(
+    image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: float = 0.5
+) -> torch.Tensor:
+    """Colour a semantic mask over an image: class ``k >= 1`` in its colour, background (0) left as it is.
+
+    Shape:
+        - image: ``(C, H, W)`` uint8 or float in ``[0, 1]``; mask: ``(H, W)`` int class indices
+        - output: uint8 ``(3, H, W)``
+    """
+    from torchvision.utils import draw_segmentation_masks
+
+    canvas = _rgb(image.cpu())
+    mask = mask.cpu()
+    present = [k for k in mask.unique().tolist() if 0 < k < num_classes]
+    if not present:
+        return canvas
+    colours = palette(num_classes - 1)
+    masks = torch.stack([mask == k for k in present])
+    return draw_segmentation_masks(canvas, masks, alpha=alpha, colors=[colours[k - 1] for k in present])
+
+
+def save_grid(images: Sequence[torch.Tensor], path: pathlib.Path, title: str, cols: int = 4) -> None:
+    """A grid of uint8 ``(3, H, W)`` images as one PNG (e.g. drawn detections or overlays)."""
+    rows = max(1, (len(images) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image in zip(axes.flat, images):
+        ax.imshow(image.permute(1, 2, 0).numpy())
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
 
 from cnnkit import transfer
+from cnnkit.data.collate import collate_detection
 from cnnkit.data.loader import BatchLoader
 from cnnkit.data.sampler import EpochSampler
 from cnnkit.engine.callbacks import (
@@ -29,121 +29,150 @@ from cnnkit.engine.callbacks import (
 )
 from cnnkit.engine.checkpoint import load_checkpoint, read_metadata
 from cnnkit.engine.config import TrainConfig, config_from_dict, config_to_dict, load_config, save_config
+from cnnkit.engine.datasets import RunData, build_data
 from cnnkit.engine.distributed import DistributedContext
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.trainer import Callback, Trainer, seed_everything
-from cnnkit.errors import ConfigError, DataError
+from cnnkit.errors import ConfigError, DataError, did_you_mean
 from cnnkit.models.registry import IMAGENET_MEAN, IMAGENET_STD, create_model, model_card
 from cnnkit.tasks.classification import ClassificationTask
 
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+DETECTORS = ("yolo", "faster_rcnn", "mask_rcnn")
+"""``model=`` names of ``task=detection`` (``mask_rcnn`` also serves ``task=segmentation``)."""
+SEGMENTERS = ("unet", "fcn", "deeplabv3", "mask_rcnn")
+"""``model=`` names of ``task=segmentation``."""
+DEFAULT_BACKBONE = "resnet18"
+"""Backbone of a detector when ``backbone=`` is not given (segmentation models have their own defaults)."""
+DEFAULT_AUGMENT: dict[str, list[Any]] = {
+    "classification": [{"RandomAffine": {"degrees": 10, "translate": [0.1, 0.1], "scale": [0.9, 1.1]}}],
+    "detection": [{"RandomAffine": {"degrees": 0, "translate": [0.1, 0.1], "scale": [0.8, 1.2]}}],
+    "segmentation": [{"RandomAffine": {"degrees": 0, "translate": [0.1, 0.1], "scale": [0.8, 1.2]}}],
+}
+"""``augment:`` when the config leaves it unset: small shifts and scalings (no rotation for boxes, which a
+rotation would loosen)."""
+DEFAULT_METRIC = {"classification": "accuracy", "detection": "map", "segmentation": "miou"}
+"""``best_metric`` when the config leaves it unset (``mask_map`` for Mask R-CNN)."""
 
 
-@dataclass
-class ClassificationData:
-    """Train and validation datasets with what the model and task need to know about them."""
-
-    train: Dataset
-    val: Dataset
-    classes: list[str]
-    in_chans: int
-    image_size: int
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
+def best_metric(config: TrainConfig) -> str:
+    """The validation metric that selects ``best``: ``config.best_metric`` or the task's default."""
+    if config.best_metric:
+        return config.best_metric
+    return "mask_map" if config.model == "mask_rcnn" else DEFAULT_METRIC.get(config.task, "loss")
 
 
-class _Resized(Dataset):
-    """Decode-time geometry for folders of photos: see :func:`resize_center_crop`."""
-
-    def __init__(self, dataset: Dataset, size: int) -> None:
-        self.dataset = dataset
-        self.size = size
-        self.classes = getattr(dataset, "classes", None)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.dataset[index]
-        return resize_center_crop(image, self.size), label
+def is_instance_model(config: TrainConfig) -> bool:
+    """Whether the run trains a detector-style model (boxes; Mask R-CNN also masks)."""
+    return config.task == "detection" or config.model == "mask_rcnn"
 
 
-def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to ``size`` (antialiased), then centre-crop to ``size x size``.
+def build_model(
+    config: TrainConfig, classes: list[str], in_chans: int, weights: str | None = None
+) -> torch.nn.Module:
+    """The network a config names, for ``classes`` (object classes; background is added where needed).
 
-    Shape:
-        - Input: ``(C, H, W)`` uint8
-        - Output: ``(C, size, size)`` uint8
-    """
-    from torchvision.transforms.v2 import functional as TF
-
-    image = TF.resize(image, size, antialias=True)
-    return TF.center_crop(image, [size, size])
-
-
-def image_mode(channels: int) -> str:
-    """The :func:`cnnkit.data.read_image` mode giving ``channels`` channels."""
-    return "GRAY" if channels == 1 else "RGB"
-
-
-def _subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-    if size is None or size >= len(dataset):
-        return dataset
-    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].sort().values
-    if isinstance(getattr(dataset, "images", None), torch.Tensor):
-        # Keep the in-memory fast path: slice the tensors instead of wrapping in a Subset.
-        sliced = object.__new__(type(dataset))
-        sliced.__dict__.update(dataset.__dict__)
-        sliced.images, sliced.labels = dataset.images[idx], dataset.labels[idx]
-        return sliced
-    return Subset(dataset, idx.tolist())
-
-
-def build_classification_data(config: TrainConfig) -> ClassificationData:
-    """Datasets named by ``config.data.name``: ``mnist5k`` or ``imagefolder:PATH``.
+    Args:
+        config: ``task``, ``model``, ``backbone``, ``model_kwargs``, ``num_classes``.
+        classes: the data's class names.
+        in_chans: image channels.
+        weights: pretrained weights of the classifier (classification) or of the backbone.
 
     Raises:
-        ConfigError: unknown data name.
-        DataError: a folder layout that does not fit (missing split folders, no images).
+        ConfigError: a model name the task does not know, or an unknown option.
     """
-    from cnnkit.data import ImageFolder, MNIST5k
-
-    name = config.data.name
-    if name == "mnist5k":
-        train, val = MNIST5k("train", pad_to_32=True), MNIST5k("test", pad_to_32=True)
-        data = ClassificationData(train, val, list(MNIST5k.classes), 1, 32, MNIST_MEAN, MNIST_STD)
-    elif name.startswith("imagefolder:"):
-        root = pathlib.Path(name.partition(":")[2]).expanduser()
-        if not root.is_dir():
-            raise DataError(f"data folder not found: {root}")
-        val_dir = next((root / s for s in ("val", "test", "valid") if (root / s).is_dir()), None)
-        if not (root / "train").is_dir() or val_dir is None:
-            raise DataError(
-                f"{root}: expected sub-folders train/ and val/ (or test/), each with one folder per class"
-            )
-        card = model_card(config.model)
-        size = config.data.image_size or card.input_size[1]
-        chans = card.input_size[0]
-        mode = image_mode(chans)
-        train_raw, val_raw = ImageFolder(root / "train", mode=mode), ImageFolder(val_dir, mode=mode)
-        if train_raw.classes != val_raw.classes:
-            raise DataError(
-                f"{root}: train classes {train_raw.classes} differ from {val_dir.name} classes {val_raw.classes}"
-            )
-        data = ClassificationData(
-            _Resized(train_raw, size),
-            _Resized(val_raw, size),
-            list(train_raw.classes),
-            chans,
-            size,
-            None,
-            None,
+    kwargs = {k: v for k, v in config.model_kwargs.items() if k != "in_chans"}
+    if config.task == "classification":
+        num_classes = config.num_classes or len(classes)
+        return create_model(
+            config.model, num_classes=num_classes, in_chans=in_chans, weights=weights, **kwargs
         )
-    else:
-        raise ConfigError(f"data={name!r} is not a classification dataset: use mnist5k or imagefolder:PATH")
-    data.train = _subset(data.train, config.data.train_size, config.seed)
-    data.val = _subset(data.val, config.data.val_size, config.seed + 1)
-    return data
+    if weights:
+        kwargs["weights"] = weights
+    names = DETECTORS[:2] if config.task == "detection" else SEGMENTERS
+    if config.model not in names and not (config.task == "detection" and config.model == "mask_rcnn"):
+        raise ConfigError(
+            f"model={config.model!r} is not a {config.task} model{did_you_mean(config.model, names)}; "
+            f"choose one of {', '.join(names)}"
+        )
+    if is_instance_model(config):
+        backbone = config.backbone or DEFAULT_BACKBONE
+        return _detector_class(config.model)(backbone, len(classes), in_chans=in_chans, **kwargs)
+    from cnnkit.tasks.segmentation import create_model as create_segmentation_model
+
+    return create_segmentation_model(
+        config.model, num_classes=len(classes) + 1, backbone=config.backbone, in_chans=in_chans, **kwargs
+    )
+
+
+def _detector_class(name: str) -> type[torch.nn.Module]:
+    if name == "yolo":
+        from cnnkit.tasks.detection.yolo import YOLODetector
+
+        return YOLODetector
+    if name == "faster_rcnn":
+        from cnnkit.tasks.detection.faster_rcnn import FasterRCNN
+
+        return FasterRCNN
+    from cnnkit.tasks.detection.mask_rcnn import MaskRCNN
+
+    return MaskRCNN
+
+
+def build_task(
+    config: TrainConfig,
+    model: torch.nn.Module,
+    data: RunData,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> Any:
+    """The task object (prepare / criterion / evaluator) of a run, with its training augmentation."""
+    specs = config.augment if config.augment is not None else DEFAULT_AUGMENT.get(config.task, [])
+    augment = build_augment(specs)
+    if config.task == "classification":
+        num_classes = config.num_classes or len(data.classes)
+        return ClassificationTask(num_classes, mean, std, augment, config.label_smoothing)
+    if is_instance_model(config):
+        from cnnkit.tasks.detection.task import DetectionTask
+
+        return DetectionTask(model, data.classes, mean, std, augment, masks=config.model == "mask_rcnn")
+    from cnnkit.tasks.segmentation import SegmentationTask
+
+    return SegmentationTask(len(data.classes) + 1, mean, std, augment)
+
+
+def _apply_transfer(config: TrainConfig, model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Freeze what the transfer strategy says; return the optimizer's parameter groups."""
+    strategy = config.transfer
+    lr_scale = 1.0 if strategy.strategy == "full" else strategy.backbone_lr_scale
+    if config.task == "classification":
+        transfer.apply_strategy(
+            model, strategy.strategy, unfreeze=strategy.unfreeze, freeze_bn=strategy.freeze_bn
+        )
+        return transfer.param_groups(model, config.optim.weight_decay, lr_scale)
+    # Task models: the backbone is one stage, everything after it (neck, heads) is the head.
+    if strategy.strategy not in ("full", "feature_extractor", "fine_tune"):
+        raise ConfigError(
+            f"unknown transfer strategy {strategy.strategy!r}: use full, feature_extractor or fine_tune"
+        )
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        if strategy.strategy != "full":
+            raise ConfigError(f"model={config.model!r} has no backbone to freeze; use transfer.strategy=full")
+        return transfer.decay_groups(model.named_parameters(), config.optim.weight_decay)
+    if strategy.strategy == "feature_extractor":
+        transfer.set_trainable(backbone, False, strategy.freeze_bn)
+    inside = {id(p) for p in backbone.parameters()}
+    head = [(n, p) for n, p in model.named_parameters() if id(p) not in inside]
+    return transfer.decay_groups(head, config.optim.weight_decay) + transfer.decay_groups(
+        backbone.named_parameters(), config.optim.weight_decay, lr_scale
+    )
+
+
+def eval_batch_size(config: TrainConfig) -> int:
+    """``data.eval_batch_size``, else 500 images for classification and 32 for the dense tasks."""
+    if config.data.eval_batch_size:
+        return config.data.eval_batch_size
+    return 500 if config.task == "classification" else 32
 
 
 def build_augment(specs: list[Any]) -> Any | None:
@@ -156,12 +185,14 @@ def build_augment(specs: list[Any]) -> Any | None:
 
 
 def _normalization(
-    config: TrainConfig, data: ClassificationData, in_chans: int
+    config: TrainConfig, data: RunData, in_chans: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The data's own statistics when training from scratch, else those the (pretrained) weights expect."""
     if config.weights is None and data.mean is not None:
         return data.mean, data.std
-    card = model_card(config.model)
-    mean, std = (card.mean, card.std) if config.weights else (IMAGENET_MEAN, IMAGENET_STD)
+    card_name = config.model if config.task == "classification" else config.backbone
+    card = model_card(card_name) if card_name else None
+    mean, std = (card.mean, card.std) if config.weights and card else (IMAGENET_MEAN, IMAGENET_STD)
     if in_chans != len(mean):
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     return tuple(mean), tuple(std)
@@ -195,27 +226,12 @@ def _build(
     config: TrainConfig, run_dir: pathlib.Path, dist: DistributedContext | None, callbacks: list[Callback]
 ):
     """Model, task, loaders, optimizer, schedule and trainer for a config."""
-    if config.task != "classification":
-        raise ConfigError(
-            f"task={config.task!r}: `cnnkit train` supports task=classification in this release"
-        )
-    data = build_classification_data(config)
-    num_classes = config.num_classes or len(data.classes)
-    model = create_model(
-        config.model,
-        num_classes=num_classes,
-        in_chans=data.in_chans,
-        weights=config.weights,
-        **config.model_kwargs,
-    )
-    transfer.apply_strategy(
-        model,
-        config.transfer.strategy,
-        unfreeze=config.transfer.unfreeze,
-        freeze_bn=config.transfer.freeze_bn,
-    )
+    data = build_data(config)
+    model = build_model(config, data.classes, data.in_chans, config.weights)
+    groups = _apply_transfer(config, model)
     mean, std = _normalization(config, data, data.in_chans)
-    task = ClassificationTask(num_classes, mean, std, build_augment(config.augment), config.label_smoothing)
+    task = build_task(config, model, data, mean, std)
+    collate = None if config.task == "classification" else collate_detection
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     bs = config.data.batch_size
     train_loader = BatchLoader(
@@ -229,14 +245,14 @@ def _build(
             rank=rank,
             world_size=world,
         ),
+        collate_fn=collate,
         num_workers=config.data.num_workers,
     )
     val_loader = BatchLoader(
         data.val,
-        EpochSampler(len(data.val), config.data.eval_batch_size, shuffle=False, rank=rank, world_size=world),
+        EpochSampler(len(data.val), eval_batch_size(config), shuffle=False, rank=rank, world_size=world),
+        collate_fn=collate,
     )
-    lr_scale = 1.0 if config.transfer.strategy == "full" else config.transfer.backbone_lr_scale
-    groups = transfer.param_groups(model, config.optim.weight_decay, lr_scale)
     optimizer = build_optimizer(
         groups,
         config.optim.name,
@@ -265,20 +281,21 @@ def _build(
         "classes": data.classes,
         "input": {"channels": data.in_chans, "size": data.image_size, "mean": list(mean), "std": list(std)},
     }
+    metric = best_metric(config)
     all_callbacks: list[Callback] = [
-        CheckpointCallback(run_dir, config.best_metric, extra),
+        CheckpointCallback(run_dir, metric, extra),
         CSVLogger(run_dir / "metrics.csv"),
     ]
     if config.early_stopping_patience:
-        all_callbacks.append(EarlyStopping(config.best_metric, config.early_stopping_patience))
+        all_callbacks.append(EarlyStopping(metric, config.early_stopping_patience))
     if config.transfer.progressive_every:
         all_callbacks.append(ProgressiveUnfreezing(config.transfer.progressive_every))
     if config.progress:
-        all_callbacks.append(ProgressCallback(config.best_metric))
+        all_callbacks.append(ProgressCallback(metric))
     if config.plots:
-        from cnnkit.engine.report import ClassificationPlots
+        from cnnkit.engine.report import plots_callback
 
-        all_callbacks.append(ClassificationPlots(run_dir, data.val, data.classes, config.best_metric))
+        all_callbacks.append(plots_callback(config.task, is_instance_model(config), run_dir, data, metric))
     all_callbacks.extend(callbacks)
     trainer = Trainer(
         model,
@@ -345,7 +362,9 @@ def auto_threads(config: TrainConfig) -> int | None:
     one on a 2-core machine.
     """
     on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-    return 1 if on_cpu and model_card(config.model).macs < 100_000_000 else None
+    if not on_cpu or config.task != "classification":
+        return None
+    return 1 if model_card(config.model).macs < 100_000_000 else None
 
 
 def _broadcast_path(path: pathlib.Path, dist: DistributedContext) -> pathlib.Path:
@@ -396,11 +415,34 @@ def load_run_model(path: str | pathlib.Path) -> tuple[torch.nn.Module, dict[str,
     if "config" not in meta:
         raise DataError(f"{checkpoint} was not written by `cnnkit train` (no config in its metadata)")
     config = config_from_dict(meta["config"])
-    model = create_model(
-        config.model,
-        num_classes=len(meta["classes"]) if not config.num_classes else config.num_classes,
-        in_chans=meta["input"]["channels"],
-        **config.model_kwargs,
-    )
+    model = build_model(config, list(meta["classes"]), meta["input"]["channels"])
     model.load_state_dict(load_file(str(checkpoint), device="cpu"))
     return model.eval(), meta, config
+
+
+def evaluate(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], TrainConfig]:
+    """Evaluate a trained model on its run's validation split (CUDA when available).
+
+    Returns:
+        ``(metrics, checkpoint metadata, config)``; the metrics are the task evaluator's (classification:
+        accuracy, top-5, per class, confusion; detection: COCO mAP, per class, PR curves; segmentation: mIoU,
+        per-class IoU and Dice) plus ``classes``.
+    """
+    model, meta, config = load_run_model(path)
+    data = build_data(config)
+    spec = meta["input"]
+    task = build_task(dataclasses.replace(config, augment=[]), model, data, spec["mean"], spec["std"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    collate = None if config.task == "classification" else collate_detection
+    loader = BatchLoader(
+        data.val, EpochSampler(len(data.val), eval_batch_size(config), shuffle=False), collate_fn=collate
+    )
+    evaluator = task.evaluator()
+    with torch.no_grad():
+        for batch in loader.epoch(0):
+            images, targets = task.prepare(batch, train=False, device=device)
+            evaluator.update(model(images), targets)
+    metrics = evaluator.compute()
+    metrics["classes"] = list(meta["classes"])
+    return metrics, meta, config

@@ -77,7 +77,8 @@ class Trainer:
     Args:
         model: the network.
         task: an object with ``prepare(batch, train=, device=, generator=)``, ``criterion(outputs, targets)``
-            returning ``{"loss": ...}``, and ``evaluator()`` (see :class:`cnnkit.tasks.classification.ClassificationTask`).
+            returning ``{"loss": ...}``, and ``evaluator()`` (see :class:`cnnkit.tasks.classification.ClassificationTask`);
+            optionally ``forward(model, images, targets)`` for the training forward pass.
         train_loader / val_loader: :class:`cnnkit.data.loader.BatchLoader` (``epoch(e, start)``, ``len``).
         optimizer: the optimizer (see :func:`cnnkit.engine.optim.build_optimizer`).
         scheduler: an LR scheduler stepped once per optimizer step, or ``None``.
@@ -258,7 +259,7 @@ class Trainer:
                 batch, train=True, device=self.device, generator=self._batch_generator()
             )
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                loss = self.task.criterion(self.model(images), targets)["loss"]
+                loss = self.task.criterion(self._forward(images, targets), targets)["loss"]
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; stopped, the last "
@@ -275,6 +276,12 @@ class Trainer:
             if self.should_stop:
                 break
         return (self.epoch_loss[0] / self.epoch_loss[1].clamp(min=1)).item()
+
+    def _forward(self, images: Any, targets: Any) -> Any:
+        """The training forward pass: ``task.forward(model, images, targets)`` where the task defines one
+        (two-stage detectors sample their second-stage boxes from the targets), else ``model(images)``."""
+        forward = getattr(self.task, "forward", None)
+        return forward(self.model, images, targets) if forward is not None else self.model(images)
 
     def _rewind_to_window(self) -> None:
         """After an interrupt: back to the start of the unfinished accumulation window (weights untouched)."""

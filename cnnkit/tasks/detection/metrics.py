@@ -24,6 +24,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -59,12 +60,14 @@ def targets_to_coco(
     """Ground truth as a COCO dict from cnnkit targets.
 
     Args:
-        targets: per image ``{"labels": (N,), "boxes": (N, 4) xyxy}``, optionally ``"iscrowd": (N,)``.
+        targets: per image ``{"labels": (N,), "boxes": (N, 4) xyxy}``, optionally ``"iscrowd": (N,)`` and
+            instance ``"masks": (N, H, W)`` (then stored as RLE ``segmentation``, for ``iou_type="segm"``).
         image_sizes: ``(height, width)`` of each image.
         classes: class names, label order.
 
     Returns:
-        ``{"images", "annotations", "categories"}``; each annotation's ``area`` is its box area.
+        ``{"images", "annotations", "categories"}``; each annotation's ``area`` is its box area, or its mask
+        area when it has a mask.
     """
     if len(targets) != len(image_sizes):
         raise DataError(f"got {len(targets)} targets but {len(image_sizes)} image sizes")
@@ -73,19 +76,22 @@ def targets_to_coco(
         images.append({"id": i + 1, "width": int(width), "height": int(height), "file_name": f"{i:06d}.png"})
         xywh = box_convert(target["boxes"].detach().cpu().reshape(-1, 4), "xyxy", "xywh").tolist()
         crowd = target.get("iscrowd", torch.zeros(len(xywh), dtype=torch.int64)).tolist()
-        for label, bbox, iscrowd in zip(target["labels"].tolist(), xywh, crowd):
+        rles = encode_masks(target["masks"]) if "masks" in target else [None] * len(xywh)
+        for label, bbox, iscrowd, rle in zip(target["labels"].tolist(), xywh, crowd, rles):
             if not 0 <= label < len(classes):
                 raise DataError(f"image {i}: label {label} is out of range [0, {len(classes)})")
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i + 1,
-                    "category_id": int(label) + 1,
-                    "bbox": bbox,
-                    "area": bbox[2] * bbox[3],
-                    "iscrowd": int(iscrowd),
-                }
-            )
+            annotation = {
+                "id": len(annotations) + 1,
+                "image_id": i + 1,
+                "category_id": int(label) + 1,
+                "bbox": bbox,
+                "area": bbox[2] * bbox[3],
+                "iscrowd": int(iscrowd),
+            }
+            if rle is not None:
+                annotation["segmentation"] = rle
+                annotation["area"] = float(mask_utils.area(rle))
+            annotations.append(annotation)
     categories = [{"id": c + 1, "name": str(name)} for c, name in enumerate(classes)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -105,26 +111,54 @@ def dataset_to_coco(
 
 
 def predictions_to_coco(
-    predictions: Iterable[dict[str, torch.Tensor]], image_ids: Sequence[int] | None = None
+    predictions: Iterable[dict[str, torch.Tensor]],
+    image_ids: Sequence[int] | None = None,
+    mask_threshold: float = 0.5,
 ) -> list[dict[str, Any]]:
     """COCO result dicts from per-image predictions.
 
     Args:
-        predictions: per image ``{"boxes": (K, 4) xyxy, "scores": (K,), "labels": (K,)}``.
+        predictions: per image ``{"boxes": (K, 4) xyxy, "scores": (K,), "labels": (K,)}``, optionally
+            ``"masks": (K, H, W)`` probabilities or 0/1 (binarised at ``mask_threshold``, stored as RLE).
         image_ids: COCO id of each image; default ``1, 2, ...``.
+        mask_threshold: probability from which a mask pixel belongs to the instance.
 
     Returns:
-        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"[, "segmentation"]}, ...]``.
     """
     results = []
     for i, pred in enumerate(predictions):
         image_id = int(image_ids[i]) if image_ids is not None else i + 1
         xywh = box_convert(pred["boxes"].detach().cpu().reshape(-1, 4), "xyxy", "xywh").tolist()
-        for bbox, score, label in zip(xywh, pred["scores"].tolist(), pred["labels"].tolist()):
-            results.append(
-                {"image_id": image_id, "category_id": int(label) + 1, "bbox": bbox, "score": float(score)}
-            )
+        rles = (
+            encode_masks(pred["masks"].detach() >= mask_threshold) if "masks" in pred else [None] * len(xywh)
+        )
+        for bbox, score, label, rle in zip(xywh, pred["scores"].tolist(), pred["labels"].tolist(), rles):
+            result = {
+                "image_id": image_id,
+                "category_id": int(label) + 1,
+                "bbox": bbox,
+                "score": float(score),
+            }
+            if rle is not None:
+                result["segmentation"] = rle
+            results.append(result)
     return results
+
+
+def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """COCO run-length encodings (``pycocotools.mask.encode``) of binary instance masks.
+
+    Shape:
+        ``(N, H, W)`` (any dtype, non-zero = inside) -> ``N`` RLE dicts (``counts`` as ``str``, JSON-ready).
+    """
+    array = np.asfortranarray(
+        masks.detach().cpu().reshape(-1, *masks.shape[-2:]).numpy().astype(np.uint8) > 0
+    )
+    rles = mask_utils.encode(array.astype(np.uint8)) if len(array) else []
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return list(rles)
 
 
 def _with_defaults(gt: dict[str, Any]) -> dict[str, Any]:
@@ -140,14 +174,18 @@ def _with_defaults(gt: dict[str, Any]) -> dict[str, Any]:
     return gt
 
 
-def evaluate_coco(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """COCO box mAP of ``detections`` against ``gt``, computed by pycocotools (its prints silenced).
+def evaluate_coco(
+    gt: dict[str, Any], detections: Sequence[dict[str, Any]], iou_type: str = "bbox"
+) -> dict[str, Any]:
+    """COCO box (or mask) mAP of ``detections`` against ``gt``, computed by pycocotools (prints silenced).
 
     Args:
         gt: COCO dict with ``images``, ``annotations`` (``bbox`` xywh; ``area`` and ``iscrowd`` default to
-            the box area and 0) and ``categories``.
-        detections: COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``; may be
-            empty (every AP is then 0). At most 100 per image count (the highest scores), as in COCO.
+            the box area and 0; ``segmentation`` for ``"segm"``) and ``categories``.
+        detections: COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` (plus
+            ``segmentation`` RLE for ``"segm"``); may be empty (every AP is then 0). At most 100 per image
+            count (the highest scores), as in COCO.
+        iou_type: ``"bbox"`` (box IoU) or ``"segm"`` (mask IoU, instance segmentation).
 
     Returns:
         The :data:`SUMMARY_KEYS` as floats (``map`` = AP@[.5:.95], ``map50``, ``map75``, ``map_small`` ...);
@@ -155,6 +193,8 @@ def evaluate_coco(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> d
         ``pr_curves``: ``{"recall": 101 recall points, "precision": per category, the interpolated precision
         at IoU 0.5 at those points (all areas, 100 detections)}``, -1 for a category without ground truth.
     """
+    if iou_type not in ("bbox", "segm"):
+        raise DataError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     gt = _with_defaults(gt)
     image_ids = {im["id"] for im in gt["images"]}
     unknown = sorted({d["image_id"] for d in detections} - image_ids)
@@ -172,7 +212,7 @@ def evaluate_coco(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> d
             coco_dt = COCO()
             coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
             coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

@@ -117,8 +117,11 @@ class YOLODetector(nn.Module):
             bias[4 : self.num_boxes * 5 : 5] = prior_logit
             bias[self.num_boxes * 5 :] = prior_logit
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Raw head maps of each pyramid level (see the module docs for the channel layout)."""
+    def forward(self, images: torch.Tensor, targets: Any = None) -> list[torch.Tensor]:
+        """Raw head maps of each pyramid level (see the module docs for the channel layout).
+
+        ``targets`` is accepted and unused, so that one- and two-stage detectors share the training call
+        ``model(images, targets)``; the YOLO loss needs them only in :meth:`criterion`."""
         return [self.head(level) for level in self.neck(self.backbone(images))]
 
     def _flatten(self, outputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,166 @@
+"""`cnnkit train / eval / predict` for detection and segmentation, and the data a run names."""
+
+import json
+
+import pytest
+import torch
+
+from cnnkit.cli import main
+from cnnkit.data import MNISTDetection, MNISTSegmentation, write_coco, write_png, write_voc, write_yolo
+from cnnkit.engine.config import load_config
+from cnnkit.engine.datasets import build_data, letterbox
+from cnnkit.engine.run import build_model
+from cnnkit.errors import ConfigError, DataError
+
+TINY = [
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.batch_size=8",
+    "data.image_size=64",
+    "epochs=1",
+    "progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def yolo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("det") / "run"
+    args = ["train", "task=detection", "model=yolo", "data=mnist-det", "model_kwargs.fpn_channels=32", *TINY]
+    assert main([*args, f"output_dir={out}"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg") / "run"
+    args = [
+        "train",
+        "task=segmentation",
+        "model=unet",
+        "data=mnist-seg",
+        "model_kwargs.base_channels=8",
+        *TINY,
+    ]
+    assert main([*args, f"output_dir={out}"]) == 0
+    return out
+
+
+def test_detection_run_writes_checkpoints_metrics_and_plots(yolo_run):
+    for name in ("best.safetensors", "last.safetensors", "metrics.csv", "curves.png", "pr_curves.png"):
+        assert (yolo_run / name).is_file(), name
+    assert (yolo_run / "predictions.png").stat().st_size > 1000
+    state = json.loads((yolo_run / "trainer_state.json").read_text())
+    row = state["history"][-1]
+    assert {"map", "map50", "map75", "train_loss"} <= set(row)
+    assert 0.0 <= row["map50"] <= 1.0
+
+
+def test_detection_eval_json_and_table(yolo_run, tmp_path, capsys):
+    assert main(["eval", str(yolo_run), "--json", "--output", str(tmp_path)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    state = json.loads((yolo_run / "trainer_state.json").read_text())
+    assert metrics["map50"] == pytest.approx(state["history"][-1]["map50"], abs=1e-9)
+    assert metrics["images"] == 8 and len(metrics["per_class"]) == 10
+    assert (tmp_path / "pr_curves.png").is_file()
+    assert main(["eval", str(yolo_run), "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "AP50" in out and "mAP@.5" in out
+
+
+def test_detection_predict_draws_boxes_in_original_pixels(yolo_run, tmp_path, capsys):
+    image, _ = MNISTDetection("val", size=1, image_size=96, seed=3)[0]
+    path = write_png(image, tmp_path / "digits.png")
+    out_dir = tmp_path / "drawn"
+    assert main(["predict", str(yolo_run), str(path), "--conf", "0", "--output", str(out_dir), "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["output"] == str(out_dir / "digits.png") and (out_dir / "digits.png").is_file()
+    boxes = torch.tensor([d["box"] for d in result["detections"]]).reshape(-1, 4)
+    # letterboxed 96 -> 64 and mapped back: boxes lie in the 96 x 96 original (clipped at 64 / (64/96))
+    assert len(boxes) > 0 and boxes.min() >= 0 and boxes.max() <= 96 + 1e-3
+
+
+def test_segmentation_run_eval_and_predict(unet_run, tmp_path, capsys):
+    assert (unet_run / "predictions.png").is_file() and (unet_run / "curves.png").is_file()
+    assert main(["eval", str(unet_run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert len(metrics["per_class_iou"]) == 11 and 0.0 <= metrics["miou"] <= 1.0
+    assert metrics["samples"] == 8
+    assert main(["eval", str(unet_run)]) == 0
+    assert "background" in capsys.readouterr().out
+    image, _ = MNISTSegmentation("val", size=1, image_size=64, seed=3)[0]
+    path = write_png(image, tmp_path / "seg.png")
+    assert main(["predict", str(unet_run), str(path), "--output", str(tmp_path / "o")]) == 0
+    assert "seg.png" in capsys.readouterr().out and (tmp_path / "o" / "seg.png").is_file()
+
+
+def test_task_model_mismatch_is_one_clear_error(tmp_path, capsys):
+    code = main(["train", "task=detection", "model=unet", "data=mnist-det", f"output_dir={tmp_path}/r"])
+    assert code == 2
+    assert "not a detection model" in capsys.readouterr().err
+    code = main(["train", "task=segmentation", "model=unet", "data=mnist5k", f"output_dir={tmp_path}/r2"])
+    assert code == 2
+    assert "mnist-seg" in capsys.readouterr().err
+
+
+def test_build_model_per_task():
+    det = build_model(load_config(None, ["task=detection", "model=yolo"]), list("ab"), 1)
+    assert det.num_classes == 2
+    seg = build_model(load_config(None, ["task=segmentation", "model=unet"]), list("ab"), 1)
+    assert seg(torch.zeros(1, 1, 33, 35)).shape == (1, 3, 33, 35)  # background added
+    with pytest.raises(ConfigError, match="fcn"):
+        build_model(load_config(None, ["task=segmentation", "model=fcm"]), list("ab"), 1)
+
+
+def test_letterbox_scales_boxes_and_masks():
+    image = torch.arange(2 * 40 * 80, dtype=torch.int64).reshape(2, 40, 80).to(torch.uint8)
+    target = {
+        "boxes": torch.tensor([[8.0, 4.0, 40.0, 20.0]]),
+        "masks": torch.zeros(1, 40, 80, dtype=torch.uint8),
+        "labels": torch.tensor([1]),
+    }
+    target["masks"][0, 4:20, 8:40] = 1
+    out, moved = letterbox(image, target, 40)
+    assert out.shape == (2, 40, 40) and moved["scale"].item() == 0.5
+    assert moved["boxes"].tolist() == [[4.0, 2.0, 20.0, 10.0]]
+    assert out[:, 20:].eq(0).all()  # padding below the 20-row image
+    ys, xs = moved["masks"][0].nonzero(as_tuple=True)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (2, 9, 4, 19)
+    assert moved["labels"].tolist() == [1]
+
+
+@pytest.mark.parametrize("kind", ["coco", "yolo", "voc"])
+def test_user_detection_data_in_each_format(kind, tmp_path):
+    source = {s: MNISTDetection(s, size=3, image_size=48, seed=7) for s in ("train", "val")}
+    for split, dataset in source.items():
+        if kind == "coco":
+            write_coco(dataset, tmp_path / f"{split}.json", tmp_path / split)
+        elif kind == "yolo":
+            write_yolo(dataset, tmp_path / split)
+        else:
+            write_voc(dataset, tmp_path / split)
+    if kind == "voc":
+        (tmp_path / "classes.txt").write_text("\n".join(MNISTDetection.classes))
+    config = load_config(
+        None,
+        [
+            "task=detection",
+            "model=yolo",
+            f"data={kind}:{tmp_path}",
+            "data.image_size=96",
+            "model_kwargs.in_chans=1",
+        ],
+    )
+    data = build_data(config)
+    assert data.classes == MNISTDetection.classes and data.in_chans == 1 and len(data.val) == 3
+    image, target = data.train[1]
+    original_image, original = source["train"][1]
+    assert image.shape == (1, 96, 96)
+    torch.testing.assert_close(target["boxes"], original["boxes"] * 2, atol=1e-3, rtol=0)
+    assert target["labels"].tolist() == original["labels"].tolist()
+
+
+def test_missing_split_names_the_folder(tmp_path):
+    (tmp_path / "train").mkdir()
+    config = load_config(None, ["task=detection", "model=yolo", f"data=yolo:{tmp_path}"])
+    with pytest.raises(DataError, match="val/ folder"):
+        build_data(config)
