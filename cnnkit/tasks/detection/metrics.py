@@ -152,10 +152,11 @@ def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
     Shape:
         ``(N, H, W)`` (any dtype, non-zero = inside) -> ``N`` RLE dicts (``counts`` as ``str``, JSON-ready).
     """
-    array = np.asfortranarray(
-        masks.detach().cpu().reshape(-1, *masks.shape[-2:]).numpy().astype(np.uint8) > 0
-    )
-    rles = mask_utils.encode(array.astype(np.uint8)) if len(array) else []
+    stack = masks.detach().cpu().reshape(-1, *masks.shape[-2:]) != 0
+    if len(stack) == 0:
+        return []
+    # pycocotools takes a Fortran-ordered (H, W, N) uint8 array.
+    rles = mask_utils.encode(np.asfortranarray(stack.permute(1, 2, 0).numpy().astype(np.uint8)))
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return list(rles)
