@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from cnnkit.errors import ConfigError, did_you_mean
+from cnnkit.tasks.detection.mask_rcnn import MaskRCNN
 from cnnkit.tasks.segmentation.deeplab import DeepLabV3, deeplabv3_resnet50
 from cnnkit.tasks.segmentation.fcn import FCN, fcn_resnet50
 from cnnkit.tasks.segmentation.losses import cross_entropy, dice_loss, focal_loss
@@ -30,7 +31,7 @@ from cnnkit.tasks.segmentation.metrics import (
 from cnnkit.tasks.segmentation.task import SegmentationTask
 from cnnkit.tasks.segmentation.unet import BackboneUNet, UNet
 
-MODELS = ("unet", "fcn", "deeplabv3")
+MODELS = ("unet", "fcn", "deeplabv3", "mask_rcnn")
 
 __all__ = [
     "MODELS",
@@ -60,15 +61,18 @@ def create_model(name: str, *, num_classes: int, backbone: str | None = None, **
 
     Args:
         name: ``"unet"`` (the classic :class:`UNet` without ``backbone``, else :class:`BackboneUNet`),
-            ``"fcn"`` (:class:`FCN`) or ``"deeplabv3"`` (:class:`DeepLabV3`).
-        num_classes: output channels, background included.
+            ``"fcn"`` (:class:`FCN`), ``"deeplabv3"`` (:class:`DeepLabV3`) or ``"mask_rcnn"``
+            (:class:`cnnkit.tasks.detection.mask_rcnn.MaskRCNN`, instance segmentation).
+        num_classes: output channels, background included; for ``"mask_rcnn"`` the object classes without
+            the background.
         backbone: registry name of the encoder (see :func:`cnnkit.list_models`); FCN and DeepLabV3 default to
             ``"resnet50"``.
         **kwargs: options of the model class (e.g. ``in_chans``, ``depth``, ``skips``, ``output_stride``) and,
             for backbone models, of the backbone's builder.
 
     Returns:
-        A model mapping ``(N, C, H, W)`` to logits ``(N, num_classes, H, W)``.
+        A model mapping ``(N, C, H, W)`` to logits ``(N, num_classes, H, W)``; for ``"mask_rcnn"`` a
+        detector whose ``postprocess`` gives boxes, labels, scores and masks per image.
 
     Raises:
         ConfigError: unknown model name or option.
@@ -79,7 +83,7 @@ def create_model(name: str, *, num_classes: int, backbone: str | None = None, **
             if key not in accepted:
                 raise ConfigError(f"unet got an unknown argument {key!r}{did_you_mean(key, accepted)}")
         return UNet(num_classes=num_classes, **kwargs)
-    classes = {"unet": BackboneUNet, "fcn": FCN, "deeplabv3": DeepLabV3}
+    classes = {"unet": BackboneUNet, "fcn": FCN, "deeplabv3": DeepLabV3, "mask_rcnn": MaskRCNN}
     if name not in classes:
         raise ConfigError(
             f"unknown segmentation model {name!r}{did_you_mean(name, classes)}; choose one of {MODELS}"
