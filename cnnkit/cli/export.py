@@ -79,9 +79,20 @@ def load_export_target(
         if weights is not None:
             raise ConfigError("--weights goes with a model name; a checkpoint already holds its weights")
         model, meta, config = load_run_model(target)
+        if config.model in ("faster_rcnn", "mask_rcnn"):
+            raise ConfigError(
+                f"{config.model} cannot be exported: its proposal selection (top-k, NMS, RoI sampling) depends on "
+                "the data; export a yolo or segmentation model, or run it in PyTorch"
+            )
         stem = pathlib.Path(target).resolve().name.removesuffix(".safetensors")
         size = input_size or (meta["input"]["channels"], meta["input"]["size"], meta["input"]["size"])
-        card = model_card(config.model)
+        from cnnkit.engine.run import DEFAULT_BACKBONE
+
+        detector_backbone = config.backbone or (DEFAULT_BACKBONE if config.task == "detection" else None)
+        card_name = config.model if config.task == "classification" else detector_backbone
+        if card_name is None:
+            return model, stem, size
+        card = model_card(card_name)
     else:
         card = model_card(target)
         size = input_size or card.input_size

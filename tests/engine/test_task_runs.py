@@ -164,3 +164,11 @@ def test_missing_split_names_the_folder(tmp_path):
     config = load_config(None, ["task=detection", "model=yolo", f"data=yolo:{tmp_path}"])
     with pytest.raises(DataError, match="val/ folder"):
         build_data(config)
+
+
+@pytest.mark.parametrize("which", ["yolo", "unet"])
+def test_export_task_checkpoint_checks_raw_outputs(which, yolo_run, unet_run, tmp_path, capsys):
+    run = yolo_run if which == "yolo" else unet_run
+    out = tmp_path / f"{which}.pt"
+    assert main(["export", str(run), "--format", "torchscript", "--output", str(out)]) == 0
+    assert "max abs diff vs PyTorch" in capsys.readouterr().out and out.is_file()
