@@ -23,11 +23,17 @@ Parameter names are torchvision's (``backbone.body``, ``backbone.fpn``, ``rpn.he
 its proposals and detections (tested; torchvision resizes and normalizes inside, cnnkit does neither).
 
 Small models: defaults are torchvision's COCO settings. For 128x128 MNIST-Det (10 classes, digits of
-21-56 px) on a CPU, this config trains well and costs a fraction of the default::
+21-56 px) on a CPU, this config costs a fraction of the default::
 
     FasterRCNN("resnet18", 10, in_chans=1, out_indices=(-3, -2, -1), fpn_channels=128,
                anchor_sizes=((16,), (32,), (64,), (128,)), rpn_pre_nms_top_n=(600, 300),
-               rpn_post_nms_top_n=(300, 100), representation_size=256, box_batch_size_per_image=128)
+               rpn_post_nms_top_n=(300, 100), representation_size=256, box_batch_size_per_image=128,
+               sampling_ratio=1)
+
+A training step on 16 such images takes about 2.5-3.5 s on 2 CPU cores: half in the backbone, FPN and RPN
+convolutions, a sixth in RoIAlign's backward (which ``sampling_ratio=1`` quarters against the default 2; it
+is enough when RoIs span a few cells of the stride-8 level), a tenth in ``fc6`` / ``fc7``. Digits this
+small all pool from the finest level (``k`` clamps to it).
 """
 
 from __future__ import annotations
