@@ -106,6 +106,7 @@ class TrainConfig:
     grad_clip: float | None = None
     accumulate: int = 1
     ema_decay: float | None = None
+    bn_momentum: float | None = None  # None: 0.1 for BatchNorm layers below it when training from scratch
     early_stopping_patience: int | None = None
     best_metric: str | None = None  # None: accuracy, map (detection), miou / mask_map (segmentation)
     seed: int = 0

@@ -104,6 +104,22 @@ def build_model(
     )
 
 
+def set_bn_momentum(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Set the BatchNorm momentum of a run: ``config.bn_momentum`` on every layer when given; else, when
+    training from scratch, raise layers below 0.1 (PyTorch's default) to 0.1.
+
+    MobileNetV3 and EfficientNet use 0.01, tuned for hundreds of ImageNet epochs: in a short run from scratch
+    the running statistics then lag far behind the weights (a YOLO on MNIST-Det scored mAP 0 in eval mode
+    after two epochs while its train-mode outputs were fine). Fine-tuning keeps the weights' own momentum.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.momentum is not None:
+            if config.bn_momentum is not None:
+                module.momentum = config.bn_momentum
+            elif config.weights is None and module.momentum < 0.1:
+                module.momentum = 0.1
+
+
 def _detector_class(name: str) -> type[torch.nn.Module]:
     if name == "yolo":
         from cnnkit.tasks.detection.yolo import YOLODetector
@@ -228,6 +244,7 @@ def _build(
     """Model, task, loaders, optimizer, schedule and trainer for a config."""
     data = build_data(config)
     model = build_model(config, data.classes, data.in_chans, config.weights)
+    set_bn_momentum(model, config)
     groups = _apply_transfer(config, model)
     mean, std = _normalization(config, data, data.in_chans)
     task = build_task(config, model, data, mean, std)

@@ -172,3 +172,17 @@ def test_export_task_checkpoint_checks_raw_outputs(which, yolo_run, unet_run, tm
     out = tmp_path / f"{which}.pt"
     assert main(["export", str(run), "--format", "torchscript", "--output", str(out)]) == 0
     assert "max abs diff vs PyTorch" in capsys.readouterr().out and out.is_file()
+
+
+def test_bn_momentum_raised_for_runs_from_scratch_only():
+    from cnnkit.engine.run import set_bn_momentum
+
+    def momenta(overrides):
+        config = load_config(None, ["model=mobilenet_v3_small", *overrides])
+        model = build_model(config, list("ab"), 3)
+        set_bn_momentum(model, config)
+        return {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    assert momenta([]) == {0.1}  # the builder's 0.01 lags in a short run from scratch
+    assert momenta(["bn_momentum=0.03"]) == {0.03}
+    assert momenta(["weights=some.safetensors"]) == {0.01}  # fine-tuning keeps the weights' own
