@@ -186,3 +186,39 @@ def test_bn_momentum_raised_for_runs_from_scratch_only():
     assert momenta([]) == {0.1}  # the builder's 0.01 lags in a short run from scratch
     assert momenta(["bn_momentum=0.03"]) == {0.03}
     assert momenta(["weights=some.safetensors"]) == {0.01}  # fine-tuning keeps the weights' own
+
+
+TWO_STAGE_SMALL = [
+    "model_kwargs.fpn_channels=16",
+    "model_kwargs.out_indices=[-3,-2,-1]",
+    "model_kwargs.anchor_sizes=[[16],[32],[64],[128]]",
+    "model_kwargs.rpn_post_nms_top_n=[50,20]",
+    "model_kwargs.representation_size=32",
+    "model_kwargs.box_batch_size_per_image=32",
+]
+
+
+def test_mask_rcnn_trains_evaluates_and_predicts_masks(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "task=segmentation", "model=mask_rcnn", "data=mnist-seg", "model_kwargs.mask_channels=8"]
+    assert main([*args, *TWO_STAGE_SMALL, *TINY, f"output_dir={out}"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2].startswith("mask mAP ")
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert {"map50", "mask_map", "mask_map50"} <= set(state["history"][-1])
+    assert (out / "pr_curves.png").is_file() and (out / "predictions.png").is_file()
+    assert main(["eval", str(out), "--json", "--output", str(tmp_path / "ev")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert len(metrics["mask_per_class"]) == 10 and (tmp_path / "ev" / "mask_pr_curves.png").is_file()
+    image, _ = MNISTSegmentation("val", size=1, image_size=64, seed=3)[0]
+    path = write_png(image, tmp_path / "one.png")
+    assert main(["predict", str(out), str(path), "--conf", "0", "--output", str(tmp_path / "p")]) == 0
+    assert "objects" in capsys.readouterr().out and (tmp_path / "p" / "one.png").is_file()
+
+
+def test_faster_rcnn_trains_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "task=detection", "model=faster_rcnn", "data=mnist-det", *TWO_STAGE_SMALL, *TINY]
+    assert main([*args, f"output_dir={out}"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2].startswith("mAP@[.5:.95] ")
+    assert main(["export", str(out), "--format", "torchscript"]) == 2
+    assert "cannot be exported" in capsys.readouterr().err
