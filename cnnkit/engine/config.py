@@ -91,6 +91,9 @@ class TrainConfig:
     model: str = "lenet5"
     backbone: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    task_kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # options of the task object, e.g. {loss: ce+dice}
     weights: str | None = None
     num_classes: int | None = None
     data: DataConfig = field(default_factory=DataConfig)

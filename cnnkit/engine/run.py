@@ -146,14 +146,30 @@ def build_task(
     augment = build_augment(specs)
     if config.task == "classification":
         num_classes = config.num_classes or len(data.classes)
-        return ClassificationTask(num_classes, mean, std, augment, config.label_smoothing)
-    if is_instance_model(config):
+        task_class, args = ClassificationTask, (num_classes, mean, std, augment, config.label_smoothing)
+    elif is_instance_model(config):
         from cnnkit.tasks.detection.task import DetectionTask
 
-        return DetectionTask(model, data.classes, mean, std, augment, masks=config.model == "mask_rcnn")
-    from cnnkit.tasks.segmentation import SegmentationTask
+        task_class, args = DetectionTask, (model, data.classes, mean, std, augment)
+    else:
+        from cnnkit.tasks.segmentation import SegmentationTask
 
-    return SegmentationTask(len(data.classes) + 1, mean, std, augment)
+        task_class, args = SegmentationTask, (len(data.classes) + 1, mean, std, augment)
+    options = {"masks": True} if config.model == "mask_rcnn" else {}
+    return _construct(task_class, args, {**options, **config.task_kwargs}, "task_kwargs")
+
+
+def _construct(cls: type, args: tuple, kwargs: dict[str, Any], where: str) -> Any:
+    """``cls(*args, **kwargs)``, with an unknown keyword reported as a config error naming ``where``."""
+    import inspect
+
+    accepted = list(inspect.signature(cls).parameters)[len(args) :]
+    for key in kwargs:
+        if key not in accepted:
+            raise ConfigError(
+                f"{where}.{key}: {cls.__name__} has no option {key!r}{did_you_mean(key, accepted)}"
+            )
+    return cls(*args, **kwargs)
 
 
 def _apply_transfer(config: TrainConfig, model: torch.nn.Module) -> list[dict[str, Any]]:

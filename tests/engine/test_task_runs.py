@@ -222,3 +222,15 @@ def test_faster_rcnn_trains_from_the_cli(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-2].startswith("mAP@[.5:.95] ")
     assert main(["export", str(out), "--format", "torchscript"]) == 2
     assert "cannot be exported" in capsys.readouterr().err
+
+
+def test_task_kwargs_reach_the_task_and_unknown_ones_are_named():
+    from cnnkit.engine.datasets import RunData
+    from cnnkit.engine.run import build_task
+
+    data = RunData([], [], list("ab"), 1, 32, (0.5,), (0.5,))
+    config = load_config(None, ["task=segmentation", "model=unet", "task_kwargs.loss=ce+dice"])
+    assert build_task(config, None, data, (0.5,), (0.5,)).loss == "ce+dice"
+    config = load_config(None, ["task=segmentation", "model=unet", "task_kwargs.los=dice"])
+    with pytest.raises(ConfigError, match="task_kwargs.los.*did you mean 'loss'"):
+        build_task(config, None, data, (0.5,), (0.5,))
