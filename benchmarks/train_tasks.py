@@ -20,30 +20,35 @@ import sys
 import tempfile
 import time
 
-PRETRAIN = "model={backbone} data=mnist5k epochs=4 data.batch_size=128 output_dir=pretrained".split()
-"""Backbone pretraining on MNIST-5k's training digits (the held-out MNIST-Det/Seg split uses its test digits)."""
-PRETRAINED = "weights=pretrained/best.safetensors"
+TWO_STAGE = (
+    "model_kwargs.out_indices=[-3,-2,-1] model_kwargs.fpn_channels=64 model_kwargs.anchor_sizes=[[16],[32],[64],[128]] "
+    "model_kwargs.rpn_pre_nms_top_n=[600,300] model_kwargs.rpn_post_nms_top_n=[300,100] "
+    "model_kwargs.representation_size=256 model_kwargs.box_batch_size_per_image=128 model_kwargs.sampling_ratio=1"
+)
+"""The small Faster R-CNN / Mask R-CNN settings for 128x128 MNIST-Det (see cnnkit.tasks.detection.faster_rcnn)."""
 
 RECIPES: dict[str, dict] = {
     # name: the `cnnkit train` steps run in order (all timed), the metric and its target
     "yolo": {
         "steps": [
-            "task=detection model=yolo backbone=mobilenet_v3_large data=mnist-det epochs=6 data.batch_size=32".split()
+            "task=detection model=yolo backbone=mobilenet_v3_large data=mnist-det epochs=6 data.batch_size=32 "
+            "model_kwargs.fpn_channels=64 model_kwargs.aspect_ratios=[1.0]".split()
         ],
         "metric": "map50",
         "target": 0.90,
     },
     "faster_rcnn": {
         "steps": [
-            "task=detection model=faster_rcnn backbone=mobilenet_v3_large data=mnist-det epochs=6 "
-            "data.batch_size=16".split()
+            f"task=detection model=faster_rcnn backbone=mobilenet_v3_large data=mnist-det epochs=3 data.batch_size=16 "
+            f"{TWO_STAGE}".split()
         ],
         "metric": "map50",
         "target": 0.85,
     },
     "unet": {
         "steps": [
-            "task=segmentation model=unet data=mnist-seg epochs=4 data.batch_size=16 model_kwargs.base_channels=8".split()
+            "task=segmentation model=unet data=mnist-seg epochs=4 data.batch_size=16 model_kwargs.base_channels=8 "
+            "task_kwargs.loss=ce+dice".split()
         ],
         "metric": "miou",
         "target": 0.90,
@@ -51,15 +56,15 @@ RECIPES: dict[str, dict] = {
     "deeplabv3": {
         "steps": [
             "task=segmentation model=deeplabv3 backbone=resnet18 data=mnist-seg epochs=2 data.batch_size=16 "
-            "model_kwargs.output_stride=16".split()
+            "model_kwargs.output_stride=16 task_kwargs.loss=ce+dice".split()
         ],
         "metric": "miou",
         "target": 0.85,
     },
     "mask_rcnn": {
         "steps": [
-            "task=segmentation model=mask_rcnn backbone=mobilenet_v3_large data=mnist-seg epochs=6 "
-            "data.batch_size=16".split()
+            f"task=segmentation model=mask_rcnn backbone=mobilenet_v3_large data=mnist-seg epochs=3 data.batch_size=16 "
+            f"{TWO_STAGE} model_kwargs.mask_channels=64".split()
         ],
         "metric": "mask_map50",
         "target": 0.80,
