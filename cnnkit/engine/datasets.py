@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from cnnkit.engine.config import TrainConfig
-from cnnkit.errors import ConfigError, DataError
+from cnnkit.errors import ConfigError, DataError, did_you_mean
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DEFAULT_IMAGE_SIZE = 512
@@ -169,18 +169,12 @@ def build_data(config: TrainConfig) -> RunData:
     if config.task not in builders:
         raise ConfigError(
             f"unknown task {config.task!r}; choose one of {', '.join(builders)}"
-            + _did_you_mean(config.task, builders)
+            + did_you_mean(config.task, builders)
         )
     data = builders[config.task](config)
     data.train = _subset(data.train, config.data.train_size, config.seed)
     data.val = _subset(data.val, config.data.val_size, config.seed + 1)
     return data
-
-
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    from cnnkit.errors import did_you_mean
-
-    return did_you_mean(word, options)
 
 
 def _unknown(config: TrainConfig) -> ConfigError:
