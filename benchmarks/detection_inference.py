@@ -4,7 +4,9 @@
 Each path runs a batch end to end, post-processing included: torchvision's model as users call it (its
 transform set to the input size, `min_size = max_size = size`, so it does not resize); cnnkit's models on
 normalized images, then `postprocess`. The cnnkit models use the settings of `benchmarks/train_tasks.py`
-(MobileNetV3-Large backbone, as torchvision's). Prints images/s and the ratio over torchvision.
+(MobileNetV3-Large backbone, as torchvision's), and once more with torchvision's own settings
+(`cnnkit_frcnn_tv`: the same work, so that ratio compares the implementations). Prints images/s and the
+ratio over torchvision.
 
     python benchmarks/detection_inference.py [--size 128] [--batch 1 8] [--rounds 10] [--threads N]
 """
@@ -33,6 +35,18 @@ TWO_STAGE = dict(
     sampling_ratio=1,
 )
 
+TORCHVISION_MOBILENET = dict(
+    out_indices=(-2, -1),
+    fpn_channels=256,
+    anchor_sizes=((32, 64, 128, 256, 512),) * 3,
+    rpn_pre_nms_top_n=(2000, 150),
+    rpn_post_nms_top_n=(2000, 150),
+    rpn_score_threshold=0.05,
+    representation_size=1024,
+)
+"""torchvision's fasterrcnn_mobilenet_v3_large_fpn settings (its last two stages + a pooled level, FPN 256,
+five anchor sizes per level, 150 proposals at test time, 1024-wide box head): the same work as the baseline."""
+
 
 def paths(num_classes: int, size: int) -> dict[str, Callable[[torch.Tensor], object]]:
     """The detectors, each a callable from a float image batch in [0, 1] to detections."""
@@ -42,6 +56,7 @@ def paths(num_classes: int, size: int) -> dict[str, Callable[[torch.Tensor], obj
     ).eval()
     yolo = YOLODetector("mobilenet_v3_large", num_classes, fpn_channels=64, aspect_ratios=(1.0,)).eval()
     frcnn = FasterRCNN("mobilenet_v3_large", num_classes, **TWO_STAGE).eval()
+    frcnn_tv = FasterRCNN("mobilenet_v3_large", num_classes, **TORCHVISION_MOBILENET).eval()
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -50,8 +65,9 @@ def paths(num_classes: int, size: int) -> dict[str, Callable[[torch.Tensor], obj
 
     return {
         "torchvision": lambda x: reference(list(x)),
-        "cnnkit_yolo": ours(yolo),
+        "cnnkit_frcnn_tv": ours(frcnn_tv),
         "cnnkit_frcnn": ours(frcnn),
+        "cnnkit_yolo": ours(yolo),
     }
 
 

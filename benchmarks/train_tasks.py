@@ -31,7 +31,7 @@ RECIPES: dict[str, dict] = {
     # name: the `cnnkit train` steps run in order (all timed), the metric and its target
     "yolo": {
         "steps": [
-            "task=detection model=yolo backbone=mobilenet_v3_large data=mnist-det epochs=6 data.batch_size=32 "
+            "task=detection model=yolo backbone=mobilenet_v3_large data=mnist-det epochs=5 data.batch_size=32 "
             "model_kwargs.fpn_channels=64 model_kwargs.aspect_ratios=[1.0]".split()
         ],
         "metric": "map50",
@@ -47,7 +47,7 @@ RECIPES: dict[str, dict] = {
     },
     "unet": {
         "steps": [
-            "task=segmentation model=unet data=mnist-seg epochs=4 data.batch_size=16 model_kwargs.base_channels=8 "
+            "task=segmentation model=unet backbone=mobilenet_v3_large data=mnist-seg epochs=3 data.batch_size=16 "
             "task_kwargs.loss=ce+dice".split()
         ],
         "metric": "miou",
