@@ -118,7 +118,15 @@ def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path):
         "progress=true",
         f"output_dir={out}",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
+    # restore the default so the test behaves the same however the test run was started.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for line in proc.stdout:  # wait for the first finished epoch
         if line.startswith("epoch 1/50"):
             break
