@@ -14,13 +14,14 @@ ratio over torchvision.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
 
+from cnnkit.export import best_call_times
 from cnnkit.tasks.detection.faster_rcnn import FasterRCNN
 from cnnkit.tasks.detection.yolo import YOLODetector
 
@@ -71,20 +72,6 @@ def paths(num_classes: int, size: int) -> dict[str, Callable[[torch.Tensor], obj
     }
 
 
-def measure(runs: dict[str, Callable], x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Best seconds per call of each path over interleaved rounds (two warm-up calls each)."""
-    best = dict.fromkeys(runs, float("inf"))
-    with torch.inference_mode():
-        for run in runs.values():
-            run(x), run(x)
-        for _ in range(rounds):
-            for key, run in runs.items():
-                start = time.perf_counter()
-                run(x)
-                best[key] = min(best[key], time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,7 +93,7 @@ def main() -> None:
     print(f"{'batch':>5s} " + " ".join(f"{k + ' img/s':>18s}" for k in runs) + "   ratios over torchvision")
     for batch in args.batch:
         x = torch.rand(batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
-        best = measure(runs, x, args.rounds)
+        best = best_call_times({k: functools.partial(run, x) for k, run in runs.items()}, args.rounds)
         rates = {k: batch / t for k, t in best.items()}
         ratios = ", ".join(f"{k} {rates[k] / rates['torchvision']:.2f}x" for k in runs if k != "torchvision")
         print(f"{batch:5d} " + " ".join(f"{rates[k]:18.1f}" for k in runs) + f"   {ratios}")

@@ -23,9 +23,9 @@ only as fast as its slowest, descheduled thread); ``--threads 1`` gives steadier
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
-import time
 from collections.abc import Callable
 
 import onnxruntime
@@ -34,7 +34,7 @@ import torchvision
 from torch.fx.experimental.optimization import fuse as fx_fuse
 
 import cnnkit
-from cnnkit.export import export_onnx, fuse, optimize_for_inference
+from cnnkit.export import best_call_times, export_onnx, fuse, optimize_for_inference
 
 MODELS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "convnext_tiny"]
 PATHS = ["eager", "fx_fuse", "ch_last", "cnnkit", "ort"]
@@ -66,20 +66,6 @@ def build_paths(
             diff = (run(example) - expected).abs().max().item()
             assert diff < 1e-3, f"{name} {key} differs from eager by {diff}"
     return paths
-
-
-def measure(paths: dict[str, Callable], x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Best seconds per call of each path over interleaved rounds (two warm-up calls each)."""
-    best = dict.fromkeys(paths, float("inf"))
-    with torch.inference_mode():
-        for run in paths.values():
-            run(x), run(x)
-        for _ in range(rounds):
-            for key, run in paths.items():
-                start = time.perf_counter()
-                run(x)
-                best[key] = min(best[key], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -119,7 +105,9 @@ def main() -> None:
             for batch in args.batch:
                 x = torch.randn(batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
                 paths = build_paths(name, x, onnx_dir, options)
-                seconds = measure(paths, x, args.rounds)
+                seconds = best_call_times(
+                    {k: functools.partial(run, x) for k, run in paths.items()}, args.rounds
+                )
                 ratios = {key: seconds["eager"] / s for key, s in seconds.items()}
                 fastest = max(ratios, key=ratios.get)
                 print(

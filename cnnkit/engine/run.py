@@ -200,6 +200,12 @@ def _apply_transfer(config: TrainConfig, model: torch.nn.Module) -> list[dict[st
     )
 
 
+def batch_collate(config: TrainConfig) -> Any:
+    """The generic loader's collate: the default for classification, :func:`collate_detection` (targets as a
+    list of dicts) for detection and segmentation."""
+    return None if config.task == "classification" else collate_detection
+
+
 def eval_batch_size(config: TrainConfig) -> int:
     """``data.eval_batch_size``, else 500 images for classification and 32 for the dense tasks."""
     if config.data.eval_batch_size:
@@ -264,7 +270,7 @@ def _build(
     groups = _apply_transfer(config, model)
     mean, std = _normalization(config, data, data.in_chans)
     task = build_task(config, model, data, mean, std)
-    collate = None if config.task == "classification" else collate_detection
+    collate = batch_collate(config)
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     bs = config.data.batch_size
     train_loader = BatchLoader(
@@ -467,7 +473,7 @@ def evaluate(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], 
     task = build_task(dataclasses.replace(config, augment=[]), model, data, spec["mean"], spec["std"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    collate = None if config.task == "classification" else collate_detection
+    collate = batch_collate(config)
     loader = BatchLoader(
         data.val, EpochSampler(len(data.val), eval_batch_size(config), shuffle=False), collate_fn=collate
     )

@@ -4,6 +4,7 @@ from cnnkit.export.formats import export_onnx, export_torchscript, max_abs_diff,
 from cnnkit.export.fuse import FoldPair, find_fold_pairs, fold_batchnorm, fuse
 from cnnkit.export.optimize import (
     InferenceModel,
+    best_call_times,
     flatten_graph,
     measure_channels_last,
     optimize_for_inference,
@@ -19,6 +20,7 @@ __all__ = [
     "fold_batchnorm",
     "fuse",
     "max_abs_diff",
+    "best_call_times",
     "measure_channels_last",
     "optimize_for_inference",
     "run_exported",

@@ -10,9 +10,11 @@ modules and of the identities left by folding; ``torch.inference_mode`` skips au
 from __future__ import annotations
 
 import copy
+import functools
 import time
 import warnings
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.fx
@@ -95,17 +97,39 @@ def measure_channels_last(module: nn.Module, example: torch.Tensor, rounds: int 
     """
     candidates = {False: module, True: copy.deepcopy(module).to(memory_format=torch.channels_last)}
     inputs = {False: example.contiguous(), True: example.contiguous(memory_format=torch.channels_last)}
-    best = dict.fromkeys(candidates, float("inf"))
-    with torch.inference_mode():
-        for layout, candidate in candidates.items():
-            for _ in range(warmup):
-                candidate(inputs[layout])
-        for _ in range(rounds):
-            for layout, candidate in candidates.items():
-                start = time.perf_counter()
-                candidate(inputs[layout])
-                best[layout] = min(best[layout], time.perf_counter() - start)
+    best = best_call_times(
+        {layout: functools.partial(candidate, inputs[layout]) for layout, candidate in candidates.items()},
+        rounds,
+        warmup,
+    )
     return best[True] <= best[False]
+
+
+def best_call_times(calls: dict[Any, Callable[[], Any]], rounds: int, warmup: int = 2) -> dict[Any, float]:
+    """Best seconds of each call over interleaved rounds, under ``torch.inference_mode``.
+
+    Every call runs ``warmup`` times untimed, then once per round, the calls taking turns so that a
+    disturbance from other load hits them alike; each call's best round counts.
+
+    Args:
+        calls: zero-argument callables by name.
+        rounds: timed calls of each.
+        warmup: untimed calls of each first.
+
+    Returns:
+        The best time of each call, in seconds, by name.
+    """
+    best = dict.fromkeys(calls, float("inf"))
+    with torch.inference_mode():
+        for call in calls.values():
+            for _ in range(warmup):
+                call()
+        for _ in range(rounds):
+            for key, call in calls.items():
+                start = time.perf_counter()
+                call()
+                best[key] = min(best[key], time.perf_counter() - start)
+    return best
 
 
 def optimize_for_inference(
