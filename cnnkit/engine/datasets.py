@@ -86,7 +86,25 @@ class InMemory(Dataset):
         return self.items[index]
 
 
-class Letterboxed(Dataset):
+class MappedItems(Dataset):
+    """A dataset whose items are another's, each passed through :meth:`map` when read (``classes`` kept)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        return self.map(*self.dataset[index])
+
+    def map(self, image: torch.Tensor, target: Any) -> tuple[torch.Tensor, Any]:
+        """The item read from ``image`` and ``target``."""
+        raise NotImplementedError
+
+
+class Letterboxed(MappedItems):
     """Scale each image so its longer side is ``size``, place it top-left on a ``size x size`` zero canvas.
 
     Boxes are scaled by the same factor; ``masks`` (instances) and ``mask`` (semantic) are resized by
@@ -97,15 +115,12 @@ class Letterboxed(Dataset):
     """
 
     def __init__(self, dataset: Dataset, size: int) -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         self.size = size
-        self.classes = getattr(dataset, "classes", None)
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, target = self.dataset[index]
+    def map(
+        self, image: torch.Tensor, target: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return letterbox(image, target, self.size)
 
 
@@ -309,38 +324,27 @@ def _user_annotated(config: TrainConfig, kind: str, with_masks: bool, semantic: 
     return RunData(wrapped[0], wrapped[1], classes, _channels(config), size, None, None)
 
 
-class _InstancesToSemantic(Dataset):
+class _InstancesToSemantic(MappedItems):
     """COCO instance masks -> one semantic ``mask`` (``c + 1`` where an instance of class ``c`` is; later
     instances drawn over earlier ones)."""
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-        self.classes = getattr(dataset, "classes", None)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, target = self.dataset[index]
+    def map(
+        self, image: torch.Tensor, target: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = torch.zeros(image.shape[-2:], dtype=torch.int64)
         for label, instance in zip(target["labels"].tolist(), target["masks"]):
             mask[instance.bool()] = label + 1
         return image, {"mask": mask}
 
 
-class _Resized(Dataset):
+class _Resized(MappedItems):
     """Decode-time geometry for folders of photos: see :func:`resize_center_crop`."""
 
     def __init__(self, dataset: Dataset, size: int) -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         self.size = size
-        self.classes = getattr(dataset, "classes", None)
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.dataset[index]
+    def map(self, image: torch.Tensor, label: int) -> tuple[torch.Tensor, int]:
         return resize_center_crop(image, self.size), label
 
 
