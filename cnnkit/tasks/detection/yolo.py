@@ -70,6 +70,9 @@ class YOLODetector(nn.Module):
             same at every level, as the head is shared.
         size_ratio_limit: a box is responsible for an object only when width and height are each within
             this factor of its prior's (YOLOv5's rule; 4 is all the decoding can reach).
+        neighbor_cells: also make the two neighbouring cells nearest the object's centre (one along x, one
+            along y) responsible, as YOLOv5 does: three times the positives per object, which the decoding
+            can reach (a centre moves up to one stride) and which speeds up training.
         loss_weights: ``(box, confidence, class)`` weights of the loss terms.
         backbone_kwargs: passed to :func:`cnnkit.create_model` (e.g. ``in_chans=1``).
 
@@ -87,6 +90,7 @@ class YOLODetector(nn.Module):
         anchor_sizes: Sequence[Sequence[float]] | None = None,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         size_ratio_limit: float = 4.0,
+        neighbor_cells: bool = True,
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         **backbone_kwargs: Any,
     ) -> None:
@@ -105,6 +109,7 @@ class YOLODetector(nn.Module):
         self.num_boxes = per_level[0]
         self.num_classes = num_classes
         self.size_ratio_limit = size_ratio_limit
+        self.neighbor_cells = neighbor_cells
         self.loss_weights = loss_weights
         self.head = nn.Sequential(
             ConvNormAct(fpn_channels, fpn_channels, 3),
@@ -182,10 +187,13 @@ class YOLODetector(nn.Module):
         """Choose, for each object, the predicted boxes responsible for it.
 
         At every level, an object belongs to the cell containing its centre, through each of the cell's boxes
-        whose prior is within ``size_ratio_limit`` of the object's width and height. The box whose prior has
-        the highest shape IoU with the object (both centred at one point) over all levels is always
-        responsible. A box claimed by several objects takes the always-responsible one first, else the one
-        of the highest shape IoU.
+        whose prior is within ``size_ratio_limit`` of the object's width and height; with ``neighbor_cells``
+        also to the adjacent cell on the side of the centre's nearer vertical cell edge and the one beyond
+        its nearer horizontal edge (inside the grid), through the same boxes (YOLOv5's rule). The box whose
+        prior has the highest shape IoU with the object (both centred at one point) over all levels, in the
+        centre's own cell, is always responsible. A box claimed by several objects takes the
+        always-responsible one first, then an own-cell claim over a neighbour's, then the highest shape
+        IoU.
 
         Args:
             outputs: the raw maps (only their sizes are used).
@@ -211,21 +219,35 @@ class YOLODetector(nn.Module):
                     priors[offset : offset + self.num_boxes, 2:]
                     - priors[offset : offset + self.num_boxes, :2]
                 )
-                x = (centre[:, 0] / stride).floor().long().clamp(0, w - 1)
-                y = (centre[:, 1] / stride).floor().long().clamp(0, h - 1)
+                grid_x, grid_y = centre[:, 0] / stride, centre[:, 1] / stride
+                x = grid_x.floor().long().clamp(0, w - 1)
+                y = grid_y.floor().long().clamp(0, h - 1)
                 box = torch.arange(self.num_boxes, device=gt.device)
-                indices.append(offset + (y * w + x)[:, None] * self.num_boxes + box)
                 inter = torch.minimum(gt_wh[:, None], prior_wh[None]).prod(-1)
-                shape_ious.append(inter / (gt_wh.prod(-1)[:, None] + prior_wh.prod(-1)[None] - inter))
+                iou = inter / (gt_wh.prod(-1)[:, None] + prior_wh.prod(-1)[None] - inter)
                 ratio = gt_wh[:, None] / prior_wh[None]
-                fits.append(torch.maximum(ratio, 1 / ratio).amax(-1) < self.size_ratio_limit)
+                fit = torch.maximum(ratio, 1 / ratio).amax(-1) < self.size_ratio_limit
+                # the own cell; then (neighbor_cells) the nearer neighbour along x and along y, where inside
+                cells_xy = [(x, y, torch.ones_like(x, dtype=torch.bool))]
+                if self.neighbor_cells:
+                    nx = torch.where(grid_x - x < 0.5, x - 1, x + 1)
+                    ny = torch.where(grid_y - y < 0.5, y - 1, y + 1)
+                    cells_xy += [(nx, y, (nx >= 0) & (nx < w)), (x, ny, (ny >= 0) & (ny < h))]
+                for k, (cx, cy, inside) in enumerate(cells_xy):
+                    cell = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1))[:, None]
+                    indices.append(offset + cell * self.num_boxes + box)
+                    shape_ious.append(iou if k == 0 else iou.new_zeros(iou.shape))  # best prior: own cell
+                    # a claim's rank: own cell (0.5, 1], neighbour (0, 0.5], none 0 (no fit, outside)
+                    rank = (iou + 1) / 2 if k == 0 else iou / 2
+                    fits.append(torch.where(fit & inside[:, None], rank, torch.zeros_like(iou)))
                 offset += h * w * self.num_boxes
-            index, shape_iou, fit = torch.cat(indices, 1), torch.cat(shape_ious, 1), torch.cat(fits, 1)
-            score = torch.where(fit, shape_iou, torch.zeros_like(shape_iou))
+            index, shape_iou, score = torch.cat(indices, 1), torch.cat(shape_ious, 1), torch.cat(fits, 1)
             score[torch.arange(num_gt, device=gt.device), shape_iou.argmax(1)] = 1 + shape_iou.amax(1)
             quality = torch.zeros(len(priors), num_gt + 1, device=priors.device)  # column 0: no object
             objects = torch.arange(1, num_gt + 1, device=gt.device)[:, None].expand_as(index)
-            quality[index, objects] = score
+            # a box listed twice for one object (a neighbour clamped onto the own cell) keeps its best claim
+            flat = (index * (num_gt + 1) + objects).flatten()
+            quality.view(-1).scatter_reduce_(0, flat, score.flatten(), reduce="amax")
             best, column = quality.max(1)
             positive = best > 0
             gt_index = column - 1

@@ -14,7 +14,7 @@ NUM_CLASSES = 10
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return YOLODetector("resnet18", NUM_CLASSES, fpn_channels=16, in_chans=1).eval()
+    return YOLODetector("resnet18", NUM_CLASSES, fpn_channels=16, in_chans=1, neighbor_cells=False).eval()
 
 
 def zero_outputs(model, n=1, size=64):
@@ -75,6 +75,42 @@ def test_assign_targets_by_hand(model):
     assert a.gt_index[a.positive].tolist() == [0] * 6 and set(a.gt_index[~a.positive].tolist()) == {-1}
     assert a.cell_positive.nonzero().flatten().tolist() == [26, 64 + 5]
     assert a.cell_classes[26].nonzero().flatten().tolist() == [7]
+
+
+def test_assign_targets_with_neighbor_cells():
+    torch.manual_seed(0)
+    model = YOLODetector("resnet18", NUM_CLASSES, fpn_channels=16, in_chans=1)  # neighbor_cells=True
+    outputs = zero_outputs(model)
+    target = {
+        "boxes": torch.tensor([[3.0, 11.0, 35.0, 43.0]]),
+        "labels": torch.tensor([4]),
+    }  # centre (19, 27)
+    (a,) = model.assign_targets(outputs, [target])
+    # level 0 (stride 8): centre at grid (2.375, 3.375): own cell (row 3, col 2) = 26, the nearer neighbour
+    # along x is col 1 (cell 25), along y row 2 (cell 18); level 1 (stride 16): grid (1.19, 1.69): own cell
+    # 5, neighbours col 0 (cell 4) and row 2 (cell 9); three boxes each (every prior within 4x there)
+    cells = sorted([18, 25, 26] + [64 + c for c in (4, 5, 9)])
+    expected = [3 * c + k for c in cells for k in range(3)]
+    assert a.positive.nonzero().flatten().tolist() == expected
+    assert a.cell_positive.nonzero().flatten().tolist() == cells
+    assert all(a.cell_classes[c].nonzero().flatten().tolist() == [4] for c in cells)
+    # a 6x6 object in the corner: its neighbours lie outside the grid and it fits no prior within 4x, so
+    # only its best prior in its own cell is responsible (the clamped neighbours do not erase that claim)
+    corner = {"boxes": torch.tensor([[0.0, 0.0, 6.0, 6.0]]), "labels": torch.tensor([1])}
+    (a,) = model.assign_targets(outputs, [corner])
+    assert a.positive.nonzero().flatten().tolist() == [0]  # cell 0; equal-area priors: the first is best
+
+
+def test_neighbor_claims_rank_below_own_cell_claims():
+    torch.manual_seed(0)
+    model = YOLODetector("resnet18", NUM_CLASSES, fpn_channels=16, in_chans=1)
+    outputs = zero_outputs(model)
+    # two 32x32 objects centred in adjacent level-0 cells (row 3, cols 2 and 3: cells 26 and 27), each
+    # nearer the other's cell, so each also claims the other's boxes as a neighbour. The square boxes are
+    # each object's best prior; the wide and tall boxes of a cell go to the object centred in it.
+    boxes = torch.tensor([[7.0, 8.0, 39.0, 40.0], [9.0, 8.0, 41.0, 40.0]])
+    (a,) = model.assign_targets(outputs, [{"boxes": boxes, "labels": torch.tensor([0, 1])}])
+    assert a.gt_index[3 * 26 : 3 * 28].tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_assign_targets_shared_cell(model):
