@@ -23,6 +23,9 @@ from cnnkit.augment.base import (
 )
 from cnnkit.errors import ConfigError
 
+JITTER_CHUNK_ELEMENTS = 1 << 18
+"""Pixels (samples x channels x height x width) :class:`ColorJitter` processes at once on the CPU."""
+
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)
 
@@ -68,10 +71,19 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
 
     A hue rotation keeps each pixel's largest channel ``M`` and smallest ``m``, so the HSV round trip reduces
     to a closed form (hsv-to-rgb as written on Wikipedia's "HSL and HSV", after Smith 1978): with the hue
-    ``h`` in sextants ``[0, 6)`` shifted to ``h' = h + 6 shift``, channel ``n`` (5 for R, 3 for G, 1 for B)
-    is ``M - (M - m) clamp(min(k, 4 - k), 0, 1) = m + (M - m) clamp(|k - 2| - 1, 0, 1)`` with
-    ``k = (n + h') mod 6``. This is the function torchvision's ``adjust_hue`` computes (rgb -> hsv, add,
-    hsv -> rgb) without building the HSV image, so it costs a few passes over the pixels.
+    ``h`` in sextants ``[0, 6)`` shifted to ``h' = h + 6 shift`` (wrapped into ``[0, 6)``), channel ``n``
+    (5 for R, 3 for G, 1 for B) is ``m + (M - m) clamp(|k - 2| - 1, 0, 1)`` with ``k = (n + h') mod 6``.
+    On ``[0, 6)`` that clamp is ``clamp(d - 1, 0, 1)`` with ``d`` the distance from ``n + h'`` to the
+    nearest of ``2 + 6j``, which gives each channel without a modulo::
+
+        R = m + (M - m) clamp(|h' - 3| - 1, 0, 1)
+        G = m + (M - m) clamp(min(h' + 1, |h' - 5|) - 1, 0, 1)
+        B = m + (M - m) clamp(min(|h' - 1|, 7 - h') - 1, 0, 1)
+
+    This is the function torchvision's ``adjust_hue`` computes (rgb -> hsv, add, hsv -> rgb) without
+    building the HSV image; the hue's case split (which channel is largest) uses masks rather than
+    ``torch.where``, whose CPU kernel is several times slower than arithmetic. The hue is continuous where
+    two channels tie for the largest, so the tie order does not matter.
 
     Args:
         x: ``(B, 3, H, W)`` floating, any non-negative range.
@@ -86,16 +98,69 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     top = torch.maximum(torch.maximum(r, g), b)
     bottom = torch.minimum(torch.minimum(r, g), b)
     delta = top - bottom
-    # hue * delta: (g - b) if R is largest, (b - r) + 2 delta if G is, (r - g) + 4 delta otherwise
-    hue = torch.where(top == g, (b - r).add_(delta, alpha=2.0), (r - g).add_(delta, alpha=4.0))
-    hue = torch.where(top == r, g - b, hue).div_(delta.clamp_min(1e-12))
-    hue.add_(_per_sample(shift * 6.0, x).view(-1, 1, 1))
+    red_top = top == r
+    green_top = (top == g) & ~red_top
+    blue_top = ~(red_top | green_top)
+    # hue * delta: (g - b) if R is largest, (b - r) + 2 delta if G is, (r - g) + 4 delta if B is
+    hue = (g - b).mul_(red_top)
+    hue.addcmul_((b - r).add_(delta, alpha=2.0), green_top)
+    hue.addcmul_((r - g).add_(delta, alpha=4.0), blue_top)
+    hue.div_(delta.clamp_min(1e-12)).add_(_per_sample(shift * 6.0, x).view(-1, 1, 1))
+    hue.sub_(torch.floor(hue * (1.0 / 6.0)), alpha=6.0)  # [-3, 9) -> [0, 6)
     out = torch.empty_like(x)
-    for channel, n in enumerate((5.0, 3.0, 1.0)):
-        k = (hue + n).remainder_(6.0)
-        k.sub_(2.0).abs_().sub_(1.0).clamp_(0.0, 1.0).mul_(delta).add_(bottom)
-        out[:, channel] = k
+    torch.addcmul(bottom, delta, (hue - 3.0).abs_().sub_(1.0).clamp_(0.0, 1.0), out=out[:, 0])
+    torch.addcmul(
+        bottom, delta, torch.minimum(hue + 1.0, (hue - 5.0).abs_()).sub_(1.0).clamp_(0.0, 1.0), out=out[:, 1]
+    )
+    torch.addcmul(
+        bottom, delta, torch.minimum((hue - 1.0).abs_(), 7.0 - hue).sub_(1.0).clamp_(0.0, 1.0), out=out[:, 2]
+    )
     return out
+
+
+def blend_step(x: Tensor, ops: Tensor, factors: Tensor, bound: float) -> Tensor:
+    """One brightness, contrast or saturation blend per sample, for the whole batch in one pass.
+
+    All three are ``clamp(f x + (1 - f) r)`` with factor ``f`` and a reference ``r``: 0 for brightness,
+    the sample's mean luma for contrast, the pixel's own luma for saturation. Computing
+    ``f x + (1 - f) r`` with a per-sample ``f`` (1 for identity samples) and a per-sample mix of the
+    references serves every sample at once, instead of one call per operation on the samples that drew it;
+    the values are those of :func:`adjust_brightness`, :func:`adjust_contrast` and
+    :func:`adjust_saturation` up to float rounding.
+
+    Args:
+        x: ``(B, C, H, W)`` floating, ``C`` 1 or 3, in ``[0, bound]``.
+        ops: ``(B,)`` int64, per sample 0 brightness, 1 contrast, 2 saturation, anything else identity.
+        factors: ``(B,)`` blend factors (ignored for identity samples).
+        bound: the value of white (clamp range ``[0, bound]``).
+
+    Returns:
+        ``(B, C, H, W)``, a new tensor.
+    """
+    ops = ops.to(x.device)
+    blend = ops <= 2
+    f = torch.where(
+        blend, factors.to(device=x.device, dtype=x.dtype), torch.ones((), dtype=x.dtype, device=x.device)
+    )
+    weight = (1 - f).view(-1, 1, 1)
+    out = x * f.view(-1, 1, 1, 1)
+    reference = None
+    saturation = ops == 2
+    if x.shape[1] == 3 and bool(saturation.any()):
+        luma = x[:, 0] * _LUMA[0]
+        luma.add_(x[:, 1], alpha=_LUMA[1]).add_(x[:, 2], alpha=_LUMA[2])
+        reference = luma.mul_(weight * saturation.view(-1, 1, 1))
+    contrast = ops == 1
+    if bool(contrast.any()):
+        means = x.mean(dim=(2, 3))
+        mean = means @ torch.tensor(_LUMA, dtype=x.dtype, device=x.device) if x.shape[1] == 3 else means[:, 0]
+        shift = (
+            mean.view(-1, 1, 1) * weight * contrast.view(-1, 1, 1)
+        )  # the mean luma is the luma of the means
+        reference = shift if reference is None else reference.add_(shift)
+    if reference is not None:
+        out += reference.unsqueeze(1)
+    return out.clamp_(0, bound)
 
 
 class ColorJitter(Transform):
@@ -155,28 +220,44 @@ class ColorJitter(Transform):
 
     def apply(self, images: Tensor, targets: Targets, params: Params) -> tuple[Tensor, Targets]:
         bound = max_value(images)
-        ops = (
-            lambda x, f: adjust_brightness(x, f, bound),
-            lambda x, f: adjust_contrast(x, f, bound),
-            lambda x, f: adjust_saturation(x, f, bound),
-            lambda x, f: adjust_hue(x, f).clamp_(0, bound),
-        )
         enabled = [i for i, rng in enumerate(self._ranges()) if rng is not None]
+        if not enabled:
+            return images, targets
         factors, order = params["factors"], params["order"]
+        position = order.argsort(dim=1)[:, enabled]  # step of each enabled op in the drawn order
+        sequence = torch.tensor(enabled)[position.argsort(dim=1)]  # (B, len(enabled)) op per step
+        # Chunks of samples keep the float working set in cache: the steps are a few dozen passes over the
+        # pixels, memory-bound once the batch is larger than the cache (see docs/benchmarks.md).
+        per_sample = images[0].numel() if len(images) else 1
+        chunks = -(-len(images) * per_sample // JITTER_CHUNK_ELEMENTS) if images.device.type == "cpu" else 1
+        chunk = max(1, -(-len(images) // max(chunks, 1)))  # equal chunks, none left nearly empty
+        out = torch.empty_like(images)
+        for start in range(0, len(images), chunk):
+            stop = min(start + chunk, len(images))
+            x = self._jitter(images[start:stop], sequence[start:stop], factors[start:stop], bound)
+            out[start:stop] = restore_dtype(x, images.dtype)
+        return out, targets
+
+    @staticmethod
+    def _jitter(images: Tensor, sequence: Tensor, factors: Tensor, bound: float) -> Tensor:
+        """The jitter of a chunk in float: at step k, one batched colour matrix for the samples whose k-th
+        enabled operation is a blend, and the hue rotation on those whose k-th is the hue (at most two
+        calls a step, whatever the number of samples)."""
         x = images.float() if images.dtype == torch.uint8 else images.clone()
-        # Step by step: at step k, each enabled operation runs once, batched, on the samples whose k-th
-        # operation it is (16 batched calls at most, whatever the batch size).
-        for step in range(4):
-            for op in enabled:
-                chosen = order[:, step] == op
-                count = int(chosen.sum())
-                if count == x.shape[0]:
-                    x = ops[op](x, factors[:, op])
-                elif count:
-                    idx = chosen.nonzero()[:, 0]
-                    dev_idx = idx.to(x.device)
-                    x.index_copy_(0, dev_idx, ops[op](x.index_select(0, dev_idx), factors[idx, op]))
-        return restore_dtype(x, images.dtype), targets
+        rows = torch.arange(len(sequence))
+        for step in range(sequence.shape[1]):
+            ops = sequence[:, step]
+            if bool((ops <= 2).any()):
+                x = blend_step(x, ops, factors[rows, ops.clamp(max=2)], bound)
+            hue = (ops == 3).nonzero()[:, 0]
+            if len(hue) == len(sequence):
+                x = adjust_hue(x, factors[:, 3]).clamp_(0, bound)
+            elif len(hue):
+                dev_idx = hue.to(x.device)
+                x.index_copy_(
+                    0, dev_idx, adjust_hue(x.index_select(0, dev_idx), factors[hue, 3]).clamp_(0, bound)
+                )
+        return x
 
 
 class Normalize(Transform):
