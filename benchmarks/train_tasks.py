@@ -31,7 +31,7 @@ RECIPES: dict[str, dict] = {
     # name: the `cnnkit train` steps run in order (all timed), the metric and its target
     "yolo": {
         "steps": [
-            "task=detection model=yolo backbone=mobilenet_v3_large data=mnist-det epochs=5 data.batch_size=32 "
+            "task=detection model=yolo backbone=mobilenet_v3_large data=mnist-det epochs=8 data.batch_size=32 "
             "model_kwargs.fpn_channels=64 model_kwargs.aspect_ratios=[1.0]".split()
         ],
         "metric": "map50",
