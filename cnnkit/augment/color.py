@@ -7,6 +7,7 @@ Formulas follow torchvision / PIL ``ImageEnhance``: ``blend(a, b, f) = f * a + (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -229,8 +230,10 @@ class ColorJitter(Transform):
         # Chunks of samples keep the float working set in cache: the steps are a few dozen passes over the
         # pixels, memory-bound once the batch is larger than the cache (see docs/benchmarks.md).
         per_sample = images[0].numel() if len(images) else 1
-        chunks = -(-len(images) * per_sample // JITTER_CHUNK_ELEMENTS) if images.device.type == "cpu" else 1
-        chunk = max(1, -(-len(images) // max(chunks, 1)))  # equal chunks, none left nearly empty
+        chunks = (
+            math.ceil(len(images) * per_sample / JITTER_CHUNK_ELEMENTS) if images.device.type == "cpu" else 1
+        )
+        chunk = max(1, math.ceil(len(images) / max(chunks, 1)))  # equal chunks, none left nearly empty
         out = torch.empty_like(images)
         for start in range(0, len(images), chunk):
             stop = min(start + chunk, len(images))
@@ -240,7 +243,7 @@ class ColorJitter(Transform):
 
     @staticmethod
     def _jitter(images: Tensor, sequence: Tensor, factors: Tensor, bound: float) -> Tensor:
-        """The jitter of a chunk in float: at step k, one batched colour matrix for the samples whose k-th
+        """The jitter of a chunk in float: at step k, one :func:`blend_step` for the samples whose k-th
         enabled operation is a blend, and the hue rotation on those whose k-th is the hue (at most two
         calls a step, whatever the number of samples)."""
         x = images.float() if images.dtype == torch.uint8 else images.clone()

@@ -13,7 +13,7 @@ filtered by :func:`cnnkit.augment.base.filter_boxes`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -224,7 +224,7 @@ def transform_boxes(boxes: Tensor, forward: Tensor) -> Tensor:
     return out.to(boxes.dtype if boxes.is_floating_point() else torch.float32)
 
 
-def _resize_kernel(mode: str, antialias: bool):
+def _resize_kernel(mode: str, antialias: bool) -> Callable[..., Tensor]:
     """The ATen kernel that ``F.interpolate`` dispatches to for ``mode`` (with ``align_corners=False``).
 
     Called directly, with ``out=`` into the batch's output, because for the many small crops of a CPU

@@ -212,7 +212,7 @@ class YOLODetector(nn.Module):
             num_gt = len(gt)
             centre = (gt[:, :2] + gt[:, 2:]) / 2
             gt_wh = (gt[:, 2:] - gt[:, :2]).clamp(min=1e-6)
-            indices, shape_ious, fits = [], [], []
+            indices, shape_ious, ranks = [], [], []
             offset = 0
             for (h, w), stride in zip(sizes, self.strides):
                 prior_wh = (
@@ -239,9 +239,9 @@ class YOLODetector(nn.Module):
                     shape_ious.append(iou if k == 0 else iou.new_zeros(iou.shape))  # best prior: own cell
                     # a claim's rank: own cell (0.5, 1], neighbour (0, 0.5], none 0 (no fit, outside)
                     rank = (iou + 1) / 2 if k == 0 else iou / 2
-                    fits.append(torch.where(fit & inside[:, None], rank, torch.zeros_like(iou)))
+                    ranks.append(torch.where(fit & inside[:, None], rank, torch.zeros_like(iou)))
                 offset += h * w * self.num_boxes
-            index, shape_iou, score = torch.cat(indices, 1), torch.cat(shape_ious, 1), torch.cat(fits, 1)
+            index, shape_iou, score = torch.cat(indices, 1), torch.cat(shape_ious, 1), torch.cat(ranks, 1)
             score[torch.arange(num_gt, device=gt.device), shape_iou.argmax(1)] = 1 + shape_iou.amax(1)
             quality = torch.zeros(len(priors), num_gt + 1, device=priors.device)  # column 0: no object
             objects = torch.arange(1, num_gt + 1, device=gt.device)[:, None].expand_as(index)
