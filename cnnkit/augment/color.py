@@ -7,7 +7,6 @@ Formulas follow torchvision / PIL ``ImageEnhance``: ``blend(a, b, f) = f * a + (
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -19,13 +18,13 @@ from cnnkit.augment.base import (
     Transform,
     as_range,
     max_value,
-    restore_dtype,
     uniform,
 )
 from cnnkit.errors import ConfigError
 
 JITTER_CHUNK_ELEMENTS = 1 << 18
-"""Pixels (samples x channels x height x width) :class:`ColorJitter` processes at once on the CPU."""
+"""Pixels (samples x channels x height x width) :class:`ColorJitter` processes at once on the CPU (at
+least one sample)."""
 
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -74,60 +73,93 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     to a closed form (hsv-to-rgb as written on Wikipedia's "HSL and HSV", after Smith 1978): with the hue
     ``h`` in sextants ``[0, 6)`` shifted to ``h' = h + 6 shift`` (wrapped into ``[0, 6)``), channel ``n``
     (5 for R, 3 for G, 1 for B) is ``m + (M - m) clamp(|k - 2| - 1, 0, 1)`` with ``k = (n + h') mod 6``.
-    On ``[0, 6)`` that clamp is ``clamp(d - 1, 0, 1)`` with ``d`` the distance from ``n + h'`` to the
-    nearest of ``2 + 6j``, which gives each channel without a modulo::
+    ``|k - 2|`` is the distance from ``h'`` to ``c = 3, 5, 1`` (R, G, B) on a circle of length 6, which
+    is ``3 - ||h' - c| - 3|``, so every channel is::
 
-        R = m + (M - m) clamp(|h' - 3| - 1, 0, 1)
-        G = m + (M - m) clamp(min(h' + 1, |h' - 5|) - 1, 0, 1)
-        B = m + (M - m) clamp(min(|h' - 1|, 7 - h') - 1, 0, 1)
+        m + 2 (M - m) - (M - m) clamp(||h' - c| - 3|, 1, 2)
 
-    This is the function torchvision's ``adjust_hue`` computes (rgb -> hsv, add, hsv -> rgb) without
-    building the HSV image; the hue's case split (which channel is largest) uses masks rather than
-    ``torch.where``, whose CPU kernel is several times slower than arithmetic. The hue is continuous where
-    two channels tie for the largest, so the tie order does not matter.
+    computed for the three channels at once. This is the function torchvision's ``adjust_hue`` computes
+    (rgb -> hsv, add, hsv -> rgb) without building the HSV image. The case split of the hue (which channel
+    is largest, the first of tied ones) uses 0/1 float masks written by ``torch.eq(..., out=)``: on the CPU
+    ``torch.where`` and arithmetic with boolean masks are several times slower than float arithmetic. The
+    result lies in ``[m, M]`` up to float rounding.
 
     Args:
         x: ``(B, 3, H, W)`` floating, any non-negative range.
         shift: ``(B,)`` hue shifts in ``[-0.5, 0.5]`` turns.
 
     Returns:
-        ``(B, 3, H, W)``; single-channel input is returned unchanged.
+        ``(B, 3, H, W)``, contiguous; single-channel input is returned unchanged.
     """
     if x.shape[1] == 1:
         return x
     r, g, b = x.unbind(1)
     top = torch.maximum(torch.maximum(r, g), b)
     bottom = torch.minimum(torch.minimum(r, g), b)
-    delta = top - bottom
-    red_top = top == r
-    green_top = (top == g) & ~red_top
-    blue_top = ~(red_top | green_top)
-    # hue * delta: (g - b) if R is largest, (b - r) + 2 delta if G is, (r - g) + 4 delta if B is
-    hue = (g - b).mul_(red_top)
-    hue.addcmul_((b - r).add_(delta, alpha=2.0), green_top)
-    hue.addcmul_((r - g).add_(delta, alpha=4.0), blue_top)
-    hue.div_(delta.clamp_min(1e-12)).add_(_per_sample(shift * 6.0, x).view(-1, 1, 1))
-    hue.sub_(torch.floor(hue * (1.0 / 6.0)), alpha=6.0)  # [-3, 9) -> [0, 6)
-    out = torch.empty_like(x)
-    torch.addcmul(bottom, delta, (hue - 3.0).abs_().sub_(1.0).clamp_(0.0, 1.0), out=out[:, 0])
-    torch.addcmul(
-        bottom, delta, torch.minimum(hue + 1.0, (hue - 5.0).abs_()).sub_(1.0).clamp_(0.0, 1.0), out=out[:, 1]
-    )
-    torch.addcmul(
-        bottom, delta, torch.minimum((hue - 1.0).abs_(), 7.0 - hue).sub_(1.0).clamp_(0.0, 1.0), out=out[:, 2]
-    )
-    return out
+    # M - m, kept above 0 for greys: their hue is then arbitrary and their output m + O(1e-12)
+    delta = torch.sub(top, bottom).clamp_min_(1e-12)
+    # hue * delta: (r - g) + 4 delta where B is largest, replaced by (b - r) + 2 delta where G is, then by
+    # (g - b) where R is
+    hue = (r - g).add_(delta, alpha=4.0)
+    top_is = torch.empty_like(top)
+    hue.addcmul_((b - r).add_(delta, alpha=2.0).sub_(hue), torch.eq(top, g, out=top_is))
+    hue.addcmul_((g - b).sub_(hue), torch.eq(top, r, out=top_is))
+    hue.div_(delta).add_(_per_sample(shift * 6.0, x).view(-1, 1, 1))  # in [-4, 8]
+    hue.sub_(torch.mul(hue, 1.0 / 6.0, out=top_is).floor_(), alpha=6.0)  # -> [0, 6)
+    phase = torch.empty_like(x)
+    for channel, centre in enumerate((3.0, 5.0, 1.0)):
+        torch.sub(hue, centre, out=phase[:, channel])
+    phase.abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)
+    base = torch.add(bottom, delta, alpha=2.0, out=top_is).unsqueeze(1)
+    return torch.addcmul(base, delta.unsqueeze(1), phase, value=-1.0, out=phase)
+
+
+def blend_matrices(ops: Tensor, factors: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+    """The affine colour maps of brightness, contrast and saturation blends (see :func:`blend_step`).
+
+    Args:
+        ops: ``(...)`` int64: 0 brightness, 1 contrast, 2 saturation, anything else identity.
+        factors: ``(...)`` blend factors (ignored for identity).
+        channels: image channels, 1 or 3 (saturation leaves one channel unchanged).
+
+    Returns:
+        ``(matrix (..., C, C), contrast (...))``: the map is ``clamp(matrix @ x + contrast * mean_luma)``.
+    """
+    saturation = ops == 2
+    identity = (ops > 2) | saturation if channels == 1 else ops > 2
+    f = torch.where(identity, torch.ones((), dtype=factors.dtype), factors)
+    keep = 1 - f
+    matrix = torch.diag_embed(f.unsqueeze(-1).expand(*f.shape, channels))
+    if channels == 3:
+        luma = torch.tensor(_LUMA, dtype=factors.dtype)
+        matrix = matrix + (keep * saturation)[..., None, None] * luma
+    return matrix, keep * (ops == 1)
+
+
+def _blend(x: Tensor, matrix: Tensor, contrast: Tensor | None, bound: float) -> Tensor:
+    """``clamp(matrix @ x + contrast * mean_luma(x))`` per sample: ``x (B, C, H, W)``, ``matrix (B, C, C)``,
+    ``contrast (B,)`` or ``None`` when no sample blends with its mean."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    if contrast is None:
+        out = torch.bmm(matrix, flat)
+    else:
+        means = flat.mean(dim=2)  # the mean luma is the luma of the channel means
+        mean = means @ torch.tensor(_LUMA, dtype=x.dtype, device=x.device) if c == 3 else means[:, 0]
+        out = torch.bmm(matrix, flat).add_((mean * contrast).view(-1, 1, 1))  # baddbmm: slow broadcast copy
+    return out.view(x.shape).clamp_(0, bound)
 
 
 def blend_step(x: Tensor, ops: Tensor, factors: Tensor, bound: float) -> Tensor:
     """One brightness, contrast or saturation blend per sample, for the whole batch in one pass.
 
     All three are ``clamp(f x + (1 - f) r)`` with factor ``f`` and a reference ``r``: 0 for brightness,
-    the sample's mean luma for contrast, the pixel's own luma for saturation. Computing
-    ``f x + (1 - f) r`` with a per-sample ``f`` (1 for identity samples) and a per-sample mix of the
-    references serves every sample at once, instead of one call per operation on the samples that drew it;
-    the values are those of :func:`adjust_brightness`, :func:`adjust_contrast` and
-    :func:`adjust_saturation` up to float rounding.
+    the sample's mean luma for contrast, the pixel's own luma for saturation. Per sample that is one affine
+    map of the colour vector, ``clamp(A x + c)`` with ``A = f I`` (brightness, contrast) or
+    ``f I + (1 - f) 1 luma^T`` (saturation) and ``c = (1 - f) mean luma`` (contrast) or 0, so one batched
+    matrix product serves every sample whatever operation it drew, instead of one call per operation on the
+    samples that drew it; the values are those of :func:`adjust_brightness`, :func:`adjust_contrast` and
+    :func:`adjust_saturation` up to float rounding. Saturation leaves one-channel images unchanged.
 
     Args:
         x: ``(B, C, H, W)`` floating, ``C`` 1 or 3, in ``[0, bound]``.
@@ -136,32 +168,11 @@ def blend_step(x: Tensor, ops: Tensor, factors: Tensor, bound: float) -> Tensor:
         bound: the value of white (clamp range ``[0, bound]``).
 
     Returns:
-        ``(B, C, H, W)``, a new tensor.
+        ``(B, C, H, W)``, a new contiguous tensor.
     """
-    ops = ops.to(x.device)
-    blend = ops <= 2
-    f = torch.where(
-        blend, factors.to(device=x.device, dtype=x.dtype), torch.ones((), dtype=x.dtype, device=x.device)
-    )
-    weight = (1 - f).view(-1, 1, 1)
-    out = x * f.view(-1, 1, 1, 1)
-    reference = None
-    saturation = ops == 2
-    if x.shape[1] == 3 and bool(saturation.any()):
-        luma = x[:, 0] * _LUMA[0]
-        luma.add_(x[:, 1], alpha=_LUMA[1]).add_(x[:, 2], alpha=_LUMA[2])
-        reference = luma.mul_(weight * saturation.view(-1, 1, 1))
-    contrast = ops == 1
-    if bool(contrast.any()):
-        means = x.mean(dim=(2, 3))
-        mean = means @ torch.tensor(_LUMA, dtype=x.dtype, device=x.device) if x.shape[1] == 3 else means[:, 0]
-        shift = (
-            mean.view(-1, 1, 1) * weight * contrast.view(-1, 1, 1)
-        )  # the mean luma is the luma of the means
-        reference = shift if reference is None else reference.add_(shift)
-    if reference is not None:
-        out += reference.unsqueeze(1)
-    return out.clamp_(0, bound)
+    matrix, contrast = blend_matrices(ops.cpu(), factors.cpu().to(x.dtype), x.shape[1])
+    contrast = contrast.to(x.device) if bool(contrast.any()) else None
+    return _blend(x, matrix.to(x.device), contrast, bound)
 
 
 class ColorJitter(Transform):
@@ -222,45 +233,55 @@ class ColorJitter(Transform):
     def apply(self, images: Tensor, targets: Targets, params: Params) -> tuple[Tensor, Targets]:
         bound = max_value(images)
         enabled = [i for i, rng in enumerate(self._ranges()) if rng is not None]
-        if not enabled:
+        if not enabled or not len(images):
             return images, targets
         factors, order = params["factors"], params["order"]
         position = order.argsort(dim=1)[:, enabled]  # step of each enabled op in the drawn order
         sequence = torch.tensor(enabled)[position.argsort(dim=1)]  # (B, len(enabled)) op per step
-        # Chunks of samples keep the float working set in cache: the steps are a few dozen passes over the
-        # pixels, memory-bound once the batch is larger than the cache (see docs/benchmarks.md).
-        per_sample = images[0].numel() if len(images) else 1
-        chunks = (
-            math.ceil(len(images) * per_sample / JITTER_CHUNK_ELEMENTS) if images.device.type == "cpu" else 1
+        # Samples are sorted by the step at which they rotate the hue: inside such a group every other
+        # step is a blend for every sample, so each step is one call on a contiguous batch. Groups are cut
+        # into chunks that keep the float working set in cache on the CPU: the steps are a few dozen passes
+        # over the pixels, memory-bound once the batch is larger than the cache (see docs/benchmarks.md).
+        hue_step = (
+            (sequence == 3).to(torch.uint8).argmax(1)
+            if 3 in enabled
+            else torch.zeros(len(images), dtype=torch.long)
         )
-        chunk = max(1, math.ceil(len(images) / max(chunks, 1)))  # equal chunks, none left nearly empty
-        out = torch.empty_like(images)
-        for start in range(0, len(images), chunk):
-            stop = min(start + chunk, len(images))
-            x = self._jitter(images[start:stop], sequence[start:stop], factors[start:stop], bound)
-            out[start:stop] = restore_dtype(x, images.dtype)
-        return out, targets
-
-    @staticmethod
-    def _jitter(images: Tensor, sequence: Tensor, factors: Tensor, bound: float) -> Tensor:
-        """The jitter of a chunk in float: at step k, one :func:`blend_step` for the samples whose k-th
-        enabled operation is a blend, and the hue rotation on those whose k-th is the hue (at most two
-        calls a step, whatever the number of samples)."""
-        x = images.float() if images.dtype == torch.uint8 else images.clone()
-        rows = torch.arange(len(sequence))
-        for step in range(sequence.shape[1]):
-            ops = sequence[:, step]
-            if bool((ops <= 2).any()):
-                x = blend_step(x, ops, factors[rows, ops.clamp(max=2)], bound)
-            hue = (ops == 3).nonzero()[:, 0]
-            if len(hue) == len(sequence):
-                x = adjust_hue(x, factors[:, 3]).clamp_(0, bound)
-            elif len(hue):
-                dev_idx = hue.to(x.device)
-                x.index_copy_(
-                    0, dev_idx, adjust_hue(x.index_select(0, dev_idx), factors[hue, 3]).clamp_(0, bound)
-                )
-        return x
+        perm = hue_step.argsort(stable=True)
+        sequence, factors, hue_step = sequence[perm], factors[perm], hue_step[perm]
+        matrices, contrast = blend_matrices(
+            sequence, factors.gather(1, sequence.clamp(max=2)), images.shape[1]
+        )
+        dtype = images.dtype if images.is_floating_point() else torch.float32
+        matrices, contrast = matrices.to(images.device, dtype), contrast.to(images.device, dtype)
+        has_contrast = (sequence == 1).tolist()
+        source = images.index_select(0, perm.to(images.device))
+        result = torch.empty_like(images)
+        chunk = (
+            max(1, JITTER_CHUNK_ELEMENTS // images[0].numel()) if images.device.type == "cpu" else len(images)
+        )
+        steps = hue_step.tolist()
+        start = 0
+        while start < len(images):
+            hue_at = steps[start] if 3 in enabled else None
+            stop = start + 1
+            while stop < len(images) and stop - start < chunk and steps[stop] == steps[start]:
+                stop += 1
+            x = source[start:stop].to(dtype)
+            for step in range(sequence.shape[1]):
+                if step == hue_at:
+                    x = adjust_hue(x, factors[start:stop, 3])
+                else:
+                    any_contrast = any(row[step] for row in has_contrast[start:stop])
+                    weight = contrast[start:stop, step] if any_contrast else None
+                    x = _blend(x, matrices[start:stop, step], weight, bound)
+            if images.dtype == torch.uint8:
+                x = x.round_()  # every step ends in [0, 255] (up to a float ulp after the hue)
+            elif hue_at == sequence.shape[1] - 1:
+                x = x.clamp_(0, bound)
+            result[start:stop] = x
+            start = stop
+        return result.index_select(0, perm.argsort().to(images.device)), targets
 
 
 class Normalize(Transform):

