@@ -225,15 +225,38 @@ def build_augment(specs: list[Any]) -> Any | None:
 def _normalization(
     config: TrainConfig, data: RunData, in_chans: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The data's own statistics when training from scratch, else those the (pretrained) weights expect."""
+    """The data's own statistics when training from scratch, else those the (pretrained) weights expect:
+    the ones stored with weights written by ``cnnkit train``, else the model card's."""
     if config.weights is None and data.mean is not None:
         return data.mean, data.std
+    stored = _stored_normalization(config.weights) if config.weights else None
+    if stored is not None:
+        mean, std = stored
+        if in_chans != len(mean):
+            mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+        return tuple(mean), tuple(std)
     card_name = config.model if config.task == "classification" else config.backbone
     card = model_card(card_name) if card_name else None
     mean, std = (card.mean, card.std) if config.weights and card else (IMAGENET_MEAN, IMAGENET_STD)
     if in_chans != len(mean):
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     return tuple(mean), tuple(std)
+
+
+def _stored_normalization(weights: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Mean and std a ``cnnkit train`` checkpoint was trained with (``None`` for other weights).
+
+    A backbone pretrained by one run (say on MNIST-5k, normalised by that data's statistics) and reused by
+    another through ``weights=`` must see its inputs normalised the same way, not by the model card's
+    ImageNet statistics.
+    """
+    path = pathlib.Path(weights)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    spec = read_metadata(path).get("input")
+    if not isinstance(spec, dict) or "mean" not in spec or "std" not in spec:
+        return None
+    return tuple(spec["mean"]), tuple(spec["std"])
 
 
 def default_run_dir(config: TrainConfig) -> pathlib.Path:

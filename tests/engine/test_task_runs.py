@@ -234,3 +234,27 @@ def test_task_kwargs_reach_the_task_and_unknown_ones_are_named():
     config = load_config(None, ["task=segmentation", "model=unet", "task_kwargs.los=dice"])
     with pytest.raises(ConfigError, match="task_kwargs.los.*did you mean 'loss'"):
         build_task(config, None, data, (0.5,), (0.5,))
+
+
+def test_weights_from_a_cnnkit_run_keep_that_runs_normalization(tmp_path):
+    """A backbone pretrained by `cnnkit train` (MNIST statistics) must not be fed ImageNet-normalised inputs."""
+    from cnnkit.engine.checkpoint import save_weights
+    from cnnkit.engine.datasets import RunData
+    from cnnkit.engine.run import _normalization
+
+    stored = tmp_path / "best.safetensors"
+    save_weights(stored, {"w": torch.zeros(1)}, {"input": {"channels": 1, "mean": [0.13], "std": [0.31]}})
+    plain = tmp_path / "plain.safetensors"
+    save_weights(plain, {"w": torch.zeros(1)})
+    data = RunData(train=[], val=[], classes=["a"], in_chans=1, image_size=32, mean=(0.5,), std=(0.2,))
+
+    def norm(weights, in_chans=1):
+        overrides = ["task=segmentation", "model=unet", "backbone=mobilenet_v3_large"]
+        config = load_config(None, [*overrides, *([f"weights={weights}"] if weights else [])])
+        return _normalization(config, data, in_chans)
+
+    assert norm(None) == ((0.5,), (0.2,))  # from scratch: the data's own
+    assert norm(stored) == ((0.13,), (0.31,))  # the pretraining run's
+    assert norm(stored, in_chans=3) == ((0.13,) * 3, (0.31,) * 3)
+    imagenet = norm(plain)  # other weights: the card's (ImageNet), averaged to one channel
+    assert imagenet[0][0] == pytest.approx(sum((0.485, 0.456, 0.406)) / 3)

@@ -149,8 +149,12 @@ class BackboneUNet(nn.Module):
 
     The decoder walks the stages from the deepest up; the block that merges stage ``i`` outputs
     ``feature_info[i]["num_chs"]`` channels (or ``decoder_channels[i]``). When the first stage is still
-    downsampled (reduction 2 for a ResNet), a last block without skip brings the map to full resolution
-    with ``max(num_chs_0 // 2, 16)`` channels before the 1x1 classifier.
+    downsampled (reduction 2 for a ResNet or a MobileNet), a last block brings the map to full resolution
+    with ``max(num_chs_0 // 2, 16)`` channels before the 1x1 classifier; with ``input_skip`` (the default)
+    it concatenates the input image there, the full-resolution skip the classic U-Net's first level gives.
+    Without it the finest detail the decoder sees is at half resolution: on MNIST-Seg, whose masks are the
+    digit pixels above an intensity threshold, the input skip is what lets mask edges land on the right
+    pixel.
 
     Args:
         backbone: registry name of the encoder, e.g. ``"resnet18"``.
@@ -158,6 +162,7 @@ class BackboneUNet(nn.Module):
         in_chans: input image channels.
         upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
         decoder_channels: output channels of the block that merges each stage (default: the stage's channels).
+        input_skip: concatenate the input image in the full-resolution block (when the encoder has none).
         **backbone_kwargs: options of the backbone's builder.
 
     Shape:
@@ -172,6 +177,7 @@ class BackboneUNet(nn.Module):
         in_chans: int = 3,
         upsample: Upsample = "bilinear",
         decoder_channels: tuple[int, ...] | None = None,
+        input_skip: bool = True,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -193,9 +199,11 @@ class BackboneUNet(nn.Module):
         for i in reversed(range(len(info) - 1)):
             blocks.append(UpBlock(width, channels[i], decoder_channels[i], scales[i], upsample))
             width = decoder_channels[i]
+        self.input_skip = bool(input_skip) and reductions[0] > 1
         if reductions[0] > 1:
             final_width = max(channels[0] // 2, 16)
-            blocks.append(UpBlock(width, 0, final_width, scales[-1], upsample))
+            skip = in_chans if self.input_skip else 0
+            blocks.append(UpBlock(width, skip, final_width, scales[-1], upsample))
             width = final_width
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(width, num_classes, 1)
@@ -206,6 +214,8 @@ class BackboneUNet(nn.Module):
         height, width = x.shape[-2:]
         padded = pad_to_multiple(x, self.stride)
         skips = self.backbone.forward_intermediates(padded)
+        if self.input_skip:
+            skips.insert(0, padded)
         y = skips.pop()
         for block in self.decoder:
             y = block(y, skips.pop() if skips else None, tuple(padded.shape[-2:]))

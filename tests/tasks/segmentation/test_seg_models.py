@@ -54,6 +54,21 @@ def test_backbone_unet_sizes_and_decoder_widths(backbone):
         assert model(torch.randn(1, 1, *size)).shape == (1, 3, *size)
 
 
+@pytest.mark.parametrize("input_skip", [True, False])
+def test_backbone_unet_input_skip_reaches_full_resolution(input_skip):
+    """The last block sees the image itself (a full-resolution skip) unless input_skip=False."""
+    torch.manual_seed(0)
+    model = BackboneUNet("mobilenet_v3_small", num_classes=2, in_chans=1, input_skip=input_skip).eval()
+    width = model.decoder[-1].conv[0][0].in_channels
+    assert width == model.decoder[-2].conv[1].out_channels + (1 if input_skip else 0)
+    seen = []
+    model.decoder[-1].conv.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    x = torch.randn(1, 1, 31, 30)
+    assert model(x).shape == (1, 2, 31, 30)
+    if input_skip:  # the image, zero-padded to the stride, is the last channel the block convolves
+        assert torch.equal(seen[0][:, -1, :31, :30], x[:, 0])
+
+
 def test_backbone_unet_trains_every_parameter():
     model = BackboneUNet("resnet18", num_classes=2, in_chans=1, upsample="transposed")
     model(torch.randn(2, 1, 32, 32)).sum().backward()
