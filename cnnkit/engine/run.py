@@ -478,7 +478,14 @@ def load_run_model(path: str | pathlib.Path) -> tuple[torch.nn.Module, dict[str,
         raise DataError(f"{checkpoint} was not written by `cnnkit train` (no config in its metadata)")
     config = config_from_dict(meta["config"])
     model = build_model(config, list(meta["classes"]), meta["input"]["channels"])
-    model.load_state_dict(load_file(str(checkpoint), device="cpu"))
+    try:
+        model.load_state_dict(load_file(str(checkpoint), device="cpu"))
+    except RuntimeError as err:  # missing, unexpected or differently shaped parameters
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
+        raise DataError(
+            f"{checkpoint} does not fit the model its config builds (written by another cnnkit version?): {detail}"
+        ) from err
     return model.eval(), meta, config
 
 

@@ -1,5 +1,6 @@
 """Fast inference and export: conv-BatchNorm folding, channels_last, TorchScript and ONNX."""
 
+from cnnkit.export.blocks import FoldedConvNeXtBlock, inference_blocks
 from cnnkit.export.formats import export_onnx, export_torchscript, max_abs_diff, run_exported
 from cnnkit.export.fuse import FoldPair, find_fold_pairs, fold_batchnorm, fuse
 from cnnkit.export.optimize import (
@@ -12,6 +13,7 @@ from cnnkit.export.optimize import (
 
 __all__ = [
     "FoldPair",
+    "FoldedConvNeXtBlock",
     "InferenceModel",
     "export_onnx",
     "export_torchscript",
@@ -19,6 +21,7 @@ __all__ = [
     "flatten_graph",
     "fold_batchnorm",
     "fuse",
+    "inference_blocks",
     "max_abs_diff",
     "best_call_times",
     "measure_channels_last",

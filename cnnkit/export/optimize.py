@@ -1,8 +1,9 @@
 """``optimize_for_inference``: folded BatchNorms, a flat graph, channels_last, inference mode, compile.
 
 Each step removes work a CPU forward pass does not need: BatchNorm folding (:func:`cnnkit.export.fuse`)
-removes one memory pass per folded norm; a flat ``torch.fx`` graph removes the Python calls of container
-modules and of the identities left by folding; ``torch.inference_mode`` skips autograd bookkeeping;
+removes one memory pass per folded norm; inference blocks (:mod:`cnnkit.export.blocks`) fold a ConvNeXt
+block's LayerNorm affine and layer scale into its Linears and drop three passes per block; a flat
+``torch.fx`` graph removes the Python calls of container modules and of the identities left by folding; ``torch.inference_mode`` skips autograd bookkeeping;
 ``channels_last`` lets oneDNN run dense convolutions without layout conversions; ``torch.compile``
 (opt-in) generates fused kernels where the machine has a working compiler.
 """
@@ -20,7 +21,10 @@ import torch
 import torch.fx
 from torch import nn
 
+from cnnkit.export.blocks import INFERENCE_FORMS, inference_blocks
 from cnnkit.export.fuse import fuse
+
+INFERENCE_LEAVES = tuple(INFERENCE_FORMS.values())
 
 
 def flatten_graph(model: nn.Module) -> nn.Module:
@@ -34,9 +38,10 @@ def flatten_graph(model: nn.Module) -> nn.Module:
         when :func:`torch.fx.symbolic_trace` cannot trace it.
     """
     try:
-        graph_module = torch.fx.symbolic_trace(model)
+        graph = _Tracer().trace(model)
     except Exception:  # untraceable Python in forward: keep the module as it is
         return model
+    graph_module = torch.fx.GraphModule(model, graph, model.__class__.__name__)
     for node in list(graph_module.graph.nodes):
         if (
             node.op == "call_module"
@@ -48,6 +53,13 @@ def flatten_graph(model: nn.Module) -> nn.Module:
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
     return graph_module
+
+
+class _Tracer(torch.fx.Tracer):
+    """The default tracer, keeping the inference blocks of :mod:`cnnkit.export.blocks` as single calls."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, INFERENCE_LEAVES) or super().is_leaf_module(m, module_qualified_name)
 
 
 class InferenceModel(nn.Module):
@@ -141,7 +153,8 @@ def optimize_for_inference(
 ) -> InferenceModel:
     """A fast, inference-only copy of ``model``: folded BatchNorms, flat graph, layout, inference mode.
 
-    Steps: :func:`cnnkit.export.fuse` (a copy; ``model`` is unchanged), :func:`flatten_graph`, weights
+    Steps: :func:`cnnkit.export.fuse` (a copy; ``model`` is unchanged), the faster inference forms of
+    :func:`cnnkit.export.blocks.inference_blocks` (ConvNeXt blocks), :func:`flatten_graph`, weights
     to ``channels_last`` when chosen, then the :class:`InferenceModel` wrapper that runs every call
     under ``torch.inference_mode``. With ``compile=True`` the flat module goes through
     :func:`torch.compile`, which is tried on ``example_input`` at once; if compiling fails (no working
@@ -171,7 +184,7 @@ def optimize_for_inference(
         ConfigError: ``model`` is in training mode.
         ValueError: ``compile=True`` without ``example_input`` for a model without ``default_cfg``.
     """
-    prepared = flatten_graph(fuse(model))
+    prepared = flatten_graph(inference_blocks(fuse(model)))
     example = _example(model, example_input)
     if channels_last == "auto":
         channels_last = example is None or example.dim() != 4 or measure_channels_last(prepared, example)

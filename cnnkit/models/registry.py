@@ -133,6 +133,15 @@ def _accepted_kwargs(builder: Callable[..., nn.Module]) -> set[str] | None:
     return names
 
 
+def model_options(name: str) -> set[str] | None:
+    """Keyword options the builder of a registered model accepts (``None`` when it cannot be told).
+
+    Raises:
+        ConfigError: unknown model name.
+    """
+    return _accepted_kwargs(_BUILDERS[_lookup(name)])
+
+
 def create_model(
     name: str,
     *,

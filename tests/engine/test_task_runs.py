@@ -258,3 +258,22 @@ def test_weights_from_a_cnnkit_run_keep_that_runs_normalization(tmp_path):
     assert norm(stored, in_chans=3) == ((0.13,) * 3, (0.31,) * 3)
     imagenet = norm(plain)  # other weights: the card's (ImageNet), averaged to one channel
     assert imagenet[0][0] == pytest.approx(sum((0.485, 0.456, 0.406)) / 3)
+
+
+def test_checkpoint_that_does_not_fit_its_config_is_one_line_error(unet_run, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from cnnkit.engine.checkpoint import read_metadata, save_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(unet_run, run)
+    state = load_file(str(run / "best.safetensors"))
+    meta = read_metadata(run / "best.safetensors")
+    name = next(k for k, v in state.items() if v.dim() >= 1)
+    state[name] = torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 1)
+    save_weights(run / "best.safetensors", state, meta)
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the model" in err and name in err and len(err.strip().splitlines()) == 1

@@ -26,14 +26,39 @@ from torch import Tensor, nn
 from cnnkit.errors import ConfigError
 from cnnkit.layers.aspp import ASPP
 from cnnkit.layers.conv import ConvNormAct
+from cnnkit.models.registry import model_options
 from cnnkit.tasks.segmentation.backbone import build_backbone
 
 DILATION = {8: (False, True, True), 16: (False, False, True)}
 ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
 
 
+def dilation_options(backbone: str, output_stride: int) -> dict[str, Any]:
+    """The backbone builder's options that end its features at ``output_stride`` by dilation.
+
+    ResNet-family builders take ``replace_stride_with_dilation`` (stride 8 or 16); MobileNetV3 takes
+    ``dilated`` (its last stage at stride 16, as torchvision's ``deeplabv3_mobilenet_v3_large``).
+
+    Raises:
+        ConfigError: a backbone with neither option, or an output stride it cannot reach.
+    """
+    options = model_options(backbone)
+    if options is None or "replace_stride_with_dilation" in options:
+        return {"replace_stride_with_dilation": DILATION[output_stride]}
+    if "dilated" in options:
+        if output_stride != 16:
+            raise ConfigError(
+                f"backbone {backbone!r} dilates its last stage only: output_stride must be 16, got {output_stride}"
+            )
+        return {"dilated": True}
+    raise ConfigError(
+        f"backbone {backbone!r} cannot trade strides for dilation; DeepLabV3 needs a ResNet-family "
+        "(replace_stride_with_dilation) or MobileNetV3 (dilated) backbone"
+    )
+
+
 class DeepLabV3(nn.Module):
-    """DeepLabV3 on a backbone that accepts ``replace_stride_with_dilation`` (the ResNet family).
+    """DeepLabV3 on a backbone that trades strides for dilation (the ResNet family; MobileNetV3 at stride 16).
 
     Args:
         backbone: registry name of the encoder, e.g. ``"resnet50"``.
@@ -69,7 +94,7 @@ class DeepLabV3(nn.Module):
         if output_stride not in DILATION:
             raise ConfigError(f"output_stride must be 8 or 16, got {output_stride}")
         self.backbone, info = build_backbone(
-            backbone, in_chans, replace_stride_with_dilation=DILATION[output_stride], **backbone_kwargs
+            backbone, in_chans, **dilation_options(backbone, output_stride), **backbone_kwargs
         )
         if info[-1]["reduction"] != output_stride:
             raise ConfigError(

@@ -145,3 +145,20 @@ def test_create_model_by_name():
         create_model("fcn", num_classes=2, backbone="resnet18", skipz=1)
     with pytest.raises(ConfigError, match="upsample"):
         create_model("unet", num_classes=2, upsample="nearest")
+
+
+def test_deeplabv3_on_a_dilated_mobilenet_and_clear_errors_for_other_backbones():
+    model = create_model(
+        "deeplabv3",
+        num_classes=5,
+        backbone="mobilenet_v3_small",
+        in_chans=1,
+        output_stride=16,
+        aspp_channels=16,
+    ).eval()
+    assert model.feature_info[-1]["reduction"] == 16
+    assert model(torch.randn(1, 1, 37, 50)).shape == (1, 5, 37, 50)
+    with pytest.raises(ConfigError, match="output_stride must be 16"):
+        create_model("deeplabv3", num_classes=5, backbone="mobilenet_v3_small", output_stride=8)
+    with pytest.raises(ConfigError, match="cannot trade strides for dilation"):
+        create_model("deeplabv3", num_classes=5, backbone="vgg11", output_stride=16)
