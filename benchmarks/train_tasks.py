@@ -27,7 +27,7 @@ TWO_STAGE = (
 )
 """The small Faster R-CNN / Mask R-CNN settings for 128x128 MNIST-Det (see cnnkit.tasks.detection.faster_rcnn)."""
 
-PRETRAIN = "task=classification model=mobilenet_v3_large data=mnist5k epochs=4 output_dir=pretrain"
+PRETRAIN = "task=classification model=mobilenet_v3_large data=mnist5k epochs=8 output_dir=pretrain"
 """Encoder pretraining on MNIST-5k's training digits (the same digits MNIST-Seg's training canvases use): on
 MNIST-Seg the U-Net finds the digits' pixels early (background IoU 0.999) and spends its budget learning
 which digit they are; a classifier learns that faster, and ``weights=`` hands it on with its normalisation."""
@@ -53,16 +53,19 @@ RECIPES: dict[str, dict] = {
     "unet": {
         "steps": [
             PRETRAIN.split(),
-            "task=segmentation model=unet backbone=mobilenet_v3_large data=mnist-seg epochs=4 data.batch_size=16 "
-            "task_kwargs.loss=ce+dice weights=pretrain/best.safetensors".split(),
+            "task=segmentation model=unet backbone=mobilenet_v3_large data=mnist-seg epochs=3 data.batch_size=16 "
+            "task_kwargs.loss=ce+dice weights=pretrain/best.safetensors transfer.strategy=fine_tune "
+            "transfer.backbone_lr_scale=0.2".split(),
         ],
         "metric": "miou",
         "target": 0.90,
     },
     "deeplabv3": {
         "steps": [
-            "task=segmentation model=deeplabv3 backbone=resnet18 data=mnist-seg epochs=2 data.batch_size=16 "
-            "model_kwargs.output_stride=16 task_kwargs.loss=ce+dice".split()
+            PRETRAIN.split(),
+            "task=segmentation model=deeplabv3 backbone=mobilenet_v3_large data=mnist-seg epochs=3 data.batch_size=16 "
+            "model_kwargs.output_stride=16 model_kwargs.aspp_channels=128 task_kwargs.loss=ce+dice "
+            "weights=pretrain/best.safetensors transfer.strategy=fine_tune transfer.backbone_lr_scale=0.2".split(),
         ],
         "metric": "miou",
         "target": 0.85,
@@ -70,7 +73,7 @@ RECIPES: dict[str, dict] = {
     "mask_rcnn": {
         "steps": [
             f"task=segmentation model=mask_rcnn backbone=mobilenet_v3_large data=mnist-seg epochs=3 data.batch_size=16 "
-            f"{TWO_STAGE} model_kwargs.mask_channels=64".split()
+            f"{TWO_STAGE} model_kwargs.mask_channels=64 model_kwargs.mask_layers=2 task_kwargs.max_detections=10".split()
         ],
         "metric": "mask_map50",
         "target": 0.80,

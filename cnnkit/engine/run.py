@@ -39,7 +39,7 @@ from cnnkit.tasks.classification import ClassificationTask
 
 DETECTORS = ("yolo", "faster_rcnn", "mask_rcnn")
 """``model=`` names of ``task=detection`` (``mask_rcnn`` also serves ``task=segmentation``)."""
-SEGMENTERS = ("unet", "fcn", "deeplabv3", "mask_rcnn")
+SEGMENTERS = ("unet", "fcn", "deeplabv3", "deeplabv3plus", "mask_rcnn")
 """``model=`` names of ``task=segmentation``."""
 DEFAULT_BACKBONE = "resnet18"
 """Backbone of a detector when ``backbone=`` is not given (segmentation models have their own defaults)."""

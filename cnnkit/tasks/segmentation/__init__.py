@@ -16,7 +16,7 @@ from torch import nn
 
 from cnnkit.errors import ConfigError, did_you_mean
 from cnnkit.tasks.detection.mask_rcnn import MaskRCNN
-from cnnkit.tasks.segmentation.deeplab import DeepLabV3, deeplabv3_resnet50
+from cnnkit.tasks.segmentation.deeplab import DeepLabV3, DeepLabV3Plus, deeplabv3_resnet50
 from cnnkit.tasks.segmentation.fcn import FCN, fcn_resnet50
 from cnnkit.tasks.segmentation.losses import cross_entropy, dice_loss, focal_loss
 from cnnkit.tasks.segmentation.metrics import (
@@ -31,12 +31,13 @@ from cnnkit.tasks.segmentation.metrics import (
 from cnnkit.tasks.segmentation.task import SegmentationTask
 from cnnkit.tasks.segmentation.unet import BackboneUNet, UNet
 
-MODELS = ("unet", "fcn", "deeplabv3", "mask_rcnn")
+MODELS = ("unet", "fcn", "deeplabv3", "deeplabv3plus", "mask_rcnn")
 
 __all__ = [
     "MODELS",
     "BackboneUNet",
     "DeepLabV3",
+    "DeepLabV3Plus",
     "FCN",
     "SegmentationEvaluator",
     "SegmentationTask",
@@ -61,11 +62,12 @@ def create_model(name: str, *, num_classes: int, backbone: str | None = None, **
 
     Args:
         name: ``"unet"`` (the classic :class:`UNet` without ``backbone``, else :class:`BackboneUNet`),
-            ``"fcn"`` (:class:`FCN`), ``"deeplabv3"`` (:class:`DeepLabV3`) or ``"mask_rcnn"``
+            ``"fcn"`` (:class:`FCN`), ``"deeplabv3"`` (:class:`DeepLabV3`), ``"deeplabv3plus"``
+            (:class:`DeepLabV3Plus`) or ``"mask_rcnn"``
             (:class:`cnnkit.tasks.detection.mask_rcnn.MaskRCNN`, instance segmentation).
         num_classes: output channels, background included; for ``"mask_rcnn"`` the object classes without
             the background.
-        backbone: registry name of the encoder (see :func:`cnnkit.list_models`); FCN and DeepLabV3 default to
+        backbone: registry name of the encoder (see :func:`cnnkit.list_models`); FCN and DeepLab default to
             ``"resnet50"``.
         **kwargs: options of the model class (e.g. ``in_chans``, ``depth``, ``skips``, ``output_stride``) and,
             for backbone models, of the backbone's builder.
@@ -83,7 +85,13 @@ def create_model(name: str, *, num_classes: int, backbone: str | None = None, **
             if key not in accepted:
                 raise ConfigError(f"unet got an unknown argument {key!r}{did_you_mean(key, accepted)}")
         return UNet(num_classes=num_classes, **kwargs)
-    classes = {"unet": BackboneUNet, "fcn": FCN, "deeplabv3": DeepLabV3, "mask_rcnn": MaskRCNN}
+    classes = {
+        "unet": BackboneUNet,
+        "fcn": FCN,
+        "deeplabv3": DeepLabV3,
+        "deeplabv3plus": DeepLabV3Plus,
+        "mask_rcnn": MaskRCNN,
+    }
     if name not in classes:
         raise ConfigError(
             f"unknown segmentation model {name!r}{did_you_mean(name, classes)}; choose one of {MODELS}"

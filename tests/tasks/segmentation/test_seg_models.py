@@ -162,3 +162,20 @@ def test_deeplabv3_on_a_dilated_mobilenet_and_clear_errors_for_other_backbones()
         create_model("deeplabv3", num_classes=5, backbone="mobilenet_v3_small", output_stride=8)
     with pytest.raises(ConfigError, match="cannot trade strides for dilation"):
         create_model("deeplabv3", num_classes=5, backbone="vgg11", output_stride=16)
+
+
+def test_deeplabv3plus_decoder_merges_the_stride_4_map():
+    model = create_model(
+        "deeplabv3plus",
+        num_classes=4,
+        backbone="resnet18",
+        in_chans=1,
+        aspp_channels=32,
+        low_level_channels=8,
+    ).eval()
+    assert model.feature_info[model.low_level]["reduction"] == 4 and model.output_stride == 16
+    assert model.project[0].out_channels == 8 and model.decoder[-1].out_channels == 4
+    for size in [(33, 47), (64, 64)]:
+        assert model(torch.randn(2, 1, *size)).shape == (2, 4, *size)
+    with pytest.raises(ConfigError, match="no stage at reduction 3"):
+        create_model("deeplabv3plus", num_classes=4, backbone="resnet18", low_level_reduction=3)
