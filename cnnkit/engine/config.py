@@ -109,6 +109,7 @@ class TrainConfig:
     grad_clip: float | None = None
     accumulate: int = 1
     ema_decay: float | None = None
+    channels_last: bool = False  # NHWC weights and batches (faster convolutions on CPU)
     bn_momentum: float | None = None  # None: 0.1 for BatchNorm layers below it when training from scratch
     early_stopping_patience: int | None = None
     best_metric: str | None = None  # None: accuracy, map (detection), miou / mask_map (segmentation)

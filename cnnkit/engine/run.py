@@ -372,6 +372,7 @@ def _build(
         grad_clip=config.grad_clip,
         accumulate=config.accumulate,
         ema_decay=config.ema_decay,
+        channels_last=config.channels_last,
         callbacks=all_callbacks,
         seed=config.seed,
         distributed=dist,

@@ -134,3 +134,32 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
         return model[1].weight.detach()
 
     torch.testing.assert_close(run(16, 2), run(32, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_trains_the_same_function_in_nhwc(tmp_path):
+    seen = []
+
+    class Conv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)  # 4 channels: unlike the 1-channel input, its two layouts differ
+            seen.append(y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous())
+            return self.head(y.mean((2, 3)))
+
+    def run(channels_last):
+        torch.manual_seed(0)
+        model, data = Conv(), _Data(32)
+        loader = BatchLoader(data, EpochSampler(len(data), 8, shuffle=False))
+        opt = build_optimizer(model, "sgd", 0.1, momentum=0.0)
+        task = ClassificationTask(3, (0.5,), (0.25,))
+        Trainer(model, task, loader, loader, opt, epochs=2, channels_last=channels_last).fit()
+        return model
+
+    nhwc, nchw = run(True), run(False)
+    assert nhwc.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(seen[: len(seen) // 2]) and not any(seen[len(seen) // 2 :])  # train and validation batches
+    torch.testing.assert_close(nhwc.conv.weight, nchw.conv.weight, rtol=1e-4, atol=1e-5)
