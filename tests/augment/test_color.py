@@ -86,3 +86,9 @@ def test_normalize_matches_torchvision(images):
     for i in range(images.shape[0]):
         ref = TF.normalize(images[i].float() / 255, list(mean), list(std))
         assert (y[i] - ref).abs().max() < 1e-5
+
+
+def test_saturation_leaves_one_channel_images_unchanged(generator):
+    grey = torch.randint(0, 256, (5, 1, 6, 7), dtype=torch.uint8, generator=generator)
+    out, _ = ColorJitter(saturation=(0.2, 1.8))(grey, generator=generator)
+    assert torch.equal(out, grey)
