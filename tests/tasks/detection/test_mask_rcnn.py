@@ -257,6 +257,11 @@ def test_segmentation_create_model_builds_mask_rcnn():
         small_model(mask_layers=0)
 
 
+STEPS = 160
+"""Steps of the overfitting test: at 80 the boxes were still loose on one machine (box_reg loss 0.37), and
+masks pasted into them scored IoU 0.26."""
+
+
 @pytest.mark.slow
 def test_overfits_two_images():
     torch.manual_seed(0)
@@ -275,13 +280,13 @@ def test_overfits_two_images():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.perf_counter()
     history = []
-    for _ in range(80):
+    for _ in range(STEPS):
         losses = model.criterion(model(images, targets), targets)
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()
         history.append({k: float(v.detach()) for k, v in losses.items()})
-    print(f"80 steps in {time.perf_counter() - start:.1f} s; first {history[0]}, last {history[-1]}")
+    print(f"{STEPS} steps in {time.perf_counter() - start:.1f} s; first {history[0]}, last {history[-1]}")
     assert history[-1]["loss"] < 0.3 * history[0]["loss"] and history[-1]["mask"] < 0.5 * history[0]["mask"]
     model.eval()
     with torch.no_grad():
@@ -291,4 +296,5 @@ def test_overfits_two_images():
             hits = (box_iou(detection["boxes"], box[None])[:, 0] > 0.5) & (detection["labels"] == label)
             assert hits.any()
             best = detection["masks"][hits][0] > 0.5
-            assert (best & mask).sum() / (best | mask).sum() > 0.4  # thin strokes: a filled box scores ~0.35
+            iou = (best & mask).sum() / (best | mask).sum()
+            assert iou > 0.4  # thin strokes: a filled box scores ~0.35
