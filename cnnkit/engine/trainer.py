@@ -120,7 +120,11 @@ class Trainer:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.model = (
+            model.to(self.device, memory_format=torch.channels_last)
+            if channels_last
+            else model.to(self.device)
+        )
         self.task = task
         self.train_loader = train_loader
         self.val_loader = val_loader
