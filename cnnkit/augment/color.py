@@ -260,27 +260,25 @@ class ColorJitter(Transform):
         chunk = (
             max(1, JITTER_CHUNK_ELEMENTS // images[0].numel()) if images.device.type == "cpu" else len(images)
         )
-        steps = hue_step.tolist()
-        start = 0
-        while start < len(images):
-            hue_at = steps[start] if 3 in enabled else None
-            stop = start + 1
-            while stop < len(images) and stop - start < chunk and steps[stop] == steps[start]:
-                stop += 1
-            x = source[start:stop].to(dtype)
-            for step in range(sequence.shape[1]):
-                if step == hue_at:
-                    x = adjust_hue(x, factors[start:stop, 3])
-                else:
-                    any_contrast = any(row[step] for row in has_contrast[start:stop])
-                    weight = contrast[start:stop, step] if any_contrast else None
-                    x = _blend(x, matrices[start:stop, step], weight, bound)
-            if images.dtype == torch.uint8:
-                x = x.round_()  # every step ends in [0, 255] (up to a float ulp after the hue)
-            elif hue_at == sequence.shape[1] - 1:
-                x = x.clamp_(0, bound)
-            result[start:stop] = x
-            start = stop
+        groups, counts = hue_step.unique_consecutive(return_counts=True)
+        steps = sequence.shape[1]
+        for hue_at, end, count in zip(groups.tolist(), counts.cumsum(0).tolist(), counts.tolist()):
+            hue_at = hue_at if 3 in enabled else None
+            for start in range(end - count, end, chunk):
+                stop = min(start + chunk, end)
+                x = source[start:stop].to(dtype)
+                for step in range(steps):
+                    if step == hue_at:
+                        x = adjust_hue(x, factors[start:stop, 3])
+                    else:
+                        any_contrast = any(row[step] for row in has_contrast[start:stop])
+                        weight = contrast[start:stop, step] if any_contrast else None
+                        x = _blend(x, matrices[start:stop, step], weight, bound)
+                if images.dtype == torch.uint8:
+                    x = x.round_()  # every step ends in [0, 255] (up to a float ulp after the hue)
+                elif hue_at == steps - 1:
+                    x = x.clamp_(0, bound)
+                result[start:stop] = x
         return result.index_select(0, perm.argsort().to(images.device)), targets
 
 
