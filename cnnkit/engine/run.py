@@ -230,14 +230,12 @@ def _normalization(
     if config.weights is None and data.mean is not None:
         return data.mean, data.std
     stored = _stored_normalization(config.weights) if config.weights else None
+    card_name = config.model if config.task == "classification" else config.backbone
+    card = model_card(card_name) if card_name and stored is None else None
     if stored is not None:
         mean, std = stored
-        if in_chans != len(mean):
-            mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
-        return tuple(mean), tuple(std)
-    card_name = config.model if config.task == "classification" else config.backbone
-    card = model_card(card_name) if card_name else None
-    mean, std = (card.mean, card.std) if config.weights and card else (IMAGENET_MEAN, IMAGENET_STD)
+    else:
+        mean, std = (card.mean, card.std) if config.weights and card else (IMAGENET_MEAN, IMAGENET_STD)
     if in_chans != len(mean):
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     return tuple(mean), tuple(std)

@@ -119,7 +119,7 @@ class Trainer:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.channels_last = channels_last
         self.model = (
             model.to(self.device, memory_format=torch.channels_last)
             if channels_last
@@ -289,11 +289,7 @@ class Trainer:
 
     def _layout(self, images: Any) -> Any:
         """An image batch in the trainer's memory format (other inputs as they are)."""
-        if (
-            self.memory_format is torch.channels_last
-            and isinstance(images, torch.Tensor)
-            and images.dim() == 4
-        ):
+        if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
             return images.contiguous(memory_format=torch.channels_last)
         return images
 

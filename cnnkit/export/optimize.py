@@ -3,8 +3,8 @@
 Each step removes work a CPU forward pass does not need: BatchNorm folding (:func:`cnnkit.export.fuse`)
 removes one memory pass per folded norm; inference blocks (:mod:`cnnkit.export.blocks`) fold a ConvNeXt
 block's LayerNorm affine and layer scale into its Linears and drop three passes per block; a flat
-``torch.fx`` graph removes the Python calls of container modules and of the identities left by folding; ``torch.inference_mode`` skips autograd bookkeeping;
-``channels_last`` lets oneDNN run dense convolutions without layout conversions; ``torch.compile``
+``torch.fx`` graph removes the Python calls of container modules and of the identities left by folding;
+``torch.inference_mode`` skips autograd bookkeeping; ``channels_last`` lets oneDNN run dense convolutions without layout conversions; ``torch.compile``
 (opt-in) generates fused kernels where the machine has a working compiler.
 """
 
