@@ -115,7 +115,15 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
 
 
 def blend_matrices(ops: Tensor, factors: Tensor, channels: int) -> tuple[Tensor, Tensor]:
-    """The affine colour maps of brightness, contrast and saturation blends (see :func:`blend_step`).
+    """The affine colour maps of brightness, contrast and saturation blends, one per sample and step.
+
+    All three are ``clamp(f x + (1 - f) r)`` with factor ``f`` and a reference ``r``: 0 for brightness,
+    the sample's mean luma for contrast, the pixel's own luma for saturation. Per sample that is one affine
+    map of the colour vector, ``clamp(A x + c)`` with ``A = f I`` (brightness, contrast) or
+    ``f I + (1 - f) 1 luma^T`` (saturation) and ``c = (1 - f) mean luma`` (contrast) or 0, so one batched
+    matrix product serves every sample whatever operation it drew, instead of one call per operation on the
+    samples that drew it; the values are those of :func:`adjust_brightness`, :func:`adjust_contrast` and
+    :func:`adjust_saturation` up to float rounding. Saturation leaves one-channel images unchanged.
 
     Args:
         ops: ``(...)`` int64: 0 brightness, 1 contrast, 2 saturation, anything else identity.
@@ -148,31 +156,6 @@ def _blend(x: Tensor, matrix: Tensor, contrast: Tensor | None, bound: float) -> 
         mean = means @ torch.tensor(_LUMA, dtype=x.dtype, device=x.device) if c == 3 else means[:, 0]
         out = torch.bmm(matrix, flat).add_((mean * contrast).view(-1, 1, 1))  # baddbmm: slow broadcast copy
     return out.view(x.shape).clamp_(0, bound)
-
-
-def blend_step(x: Tensor, ops: Tensor, factors: Tensor, bound: float) -> Tensor:
-    """One brightness, contrast or saturation blend per sample, for the whole batch in one pass.
-
-    All three are ``clamp(f x + (1 - f) r)`` with factor ``f`` and a reference ``r``: 0 for brightness,
-    the sample's mean luma for contrast, the pixel's own luma for saturation. Per sample that is one affine
-    map of the colour vector, ``clamp(A x + c)`` with ``A = f I`` (brightness, contrast) or
-    ``f I + (1 - f) 1 luma^T`` (saturation) and ``c = (1 - f) mean luma`` (contrast) or 0, so one batched
-    matrix product serves every sample whatever operation it drew, instead of one call per operation on the
-    samples that drew it; the values are those of :func:`adjust_brightness`, :func:`adjust_contrast` and
-    :func:`adjust_saturation` up to float rounding. Saturation leaves one-channel images unchanged.
-
-    Args:
-        x: ``(B, C, H, W)`` floating, ``C`` 1 or 3, in ``[0, bound]``.
-        ops: ``(B,)`` int64, per sample 0 brightness, 1 contrast, 2 saturation, anything else identity.
-        factors: ``(B,)`` blend factors (ignored for identity samples).
-        bound: the value of white (clamp range ``[0, bound]``).
-
-    Returns:
-        ``(B, C, H, W)``, a new contiguous tensor.
-    """
-    matrix, contrast = blend_matrices(ops.cpu(), factors.cpu().to(x.dtype), x.shape[1])
-    contrast = contrast.to(x.device) if bool(contrast.any()) else None
-    return _blend(x, matrix.to(x.device), contrast, bound)
 
 
 class ColorJitter(Transform):
