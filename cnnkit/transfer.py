@@ -12,7 +12,9 @@ strategy            what trains                                   when
 
 Stages come from the feature contract: each ``feature_info`` module in input-to-output order (a stage owns
 everything computed up to its output map, so the stem belongs to the first), then ``"head"``
-(``model.head_modules()``). A frozen
+(``model.head_modules()``). A task model (detector, segmenter) has no head of its own in this sense: its
+stages are those of the classifier inside its ``backbone`` (:func:`stage_owner`), and everything outside
+that classifier (neck, decoder, heads) is its head. A frozen
 stage's parameters stop requiring gradients and its BatchNorm layers stay in eval mode, so their running
 statistics do not move while the rest of the model trains (``freeze_bn=True``). Progressive unfreezing is
 the trainer callback :class:`cnnkit.engine.callbacks.ProgressiveUnfreezing`.
@@ -41,13 +43,36 @@ def _frozen_bn_class(cls: type) -> type:
     return type(f"Frozen{cls.__name__}", (cls,), {"train": train, "_cnnkit_frozen_from": cls})
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
+_BACKBONE_PATH = ("backbone", "body", "model")
+"""Attributes followed from a task model to its classifier: ``model.backbone`` (segmenters), then
+``.body`` (the FPN wrapper of two-stage detectors) and ``.model`` (a ``features_only`` wrapper)."""
+
+
+def stage_owner(model: nn.Module) -> nn.Module:
+    """The classifier whose stages transfer learning freezes: ``model`` itself (a DDP wrapper's ``module``)
+    when it has ``head_modules()``, else the classifier found through its ``backbone`` / ``body`` / ``model``.
+
+    Raises:
+        ConfigError: no such classifier (e.g. the classic U-Net, which has no backbone).
+    """
+    owner = getattr(model, "module", model)
+    while not hasattr(owner, "head_modules"):
+        inner = next(
+            (getattr(owner, a) for a in _BACKBONE_PATH if isinstance(getattr(owner, a, None), nn.Module)),
+            None,
+        )
+        if inner is None:
+            raise ConfigError(
+                f"{type(model).__name__} has no backbone classifier whose stages could be frozen; "
+                "train it with transfer.strategy=full"
+            )
+        owner = inner
+    return owner
 
 
 def stage_names(model: nn.Module) -> list[str]:
     """``[<feature_info modules>..., "head"]`` in input-to-output order."""
-    model = _unwrap(model)
+    model = stage_owner(model)
     return [*[info["module"] for info in model.feature_info], "head"]
 
 
@@ -59,7 +84,7 @@ def stage_modules(model: nn.Module) -> dict[str, list[str]]:
     module is registered after its own, or to the last stage when none is: a stage is everything computed
     up to its output map, so the stem belongs to the first stage.
     """
-    model = _unwrap(model)
+    model = stage_owner(model)
     names = stage_names(model)
     feature_stages = names[:-1]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
@@ -89,7 +114,7 @@ def _check_stages(model: nn.Module, stages: Sequence[str]) -> None:
 
 
 def _set_trainable(model: nn.Module, stages: Sequence[str], trainable: bool, freeze_bn: bool = True) -> None:
-    model = _unwrap(model)
+    model = stage_owner(model)
     _check_stages(model, stages)
     groups = stage_modules(model)
     params = dict(model.named_parameters())
@@ -145,7 +170,7 @@ def unfreeze(model: nn.Module, stages: Sequence[str] | None = None) -> None:
 
 def frozen_stages(model: nn.Module) -> list[str]:
     """Stages whose parameters are all frozen."""
-    params = dict(_unwrap(model).named_parameters())
+    params = dict(stage_owner(model).named_parameters())
     return [
         s
         for s, names in stage_modules(model).items()
@@ -198,7 +223,7 @@ def param_groups(
     no gradient, so they do not move) so that progressive unfreezing can train them later. Within each
     stage, weights decay and norm/bias parameters do not (see :func:`cnnkit.engine.optim.decay_groups`).
     """
-    model = _unwrap(model)
+    model = stage_owner(model)
     params = dict(model.named_parameters())
     stages = stage_modules(model)
     backbone = [s for s in stage_names(model)[:-1] if stages[s]][::-1]

@@ -115,3 +115,56 @@ def test_lenet_stages_put_the_convolutions_before_the_head():
     groups = transfer.stage_modules(cnnkit.create_model("lenet5"))
     convs = [n for stage, names in groups.items() if stage != "head" for n in names]
     assert convs == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+
+
+TASK_MODELS = [
+    ("segmentation", "unet"),
+    ("segmentation", "deeplabv3"),
+    ("detection", "yolo"),
+    ("detection", "faster_rcnn"),
+]
+
+
+@pytest.mark.parametrize(("task", "name"), TASK_MODELS)
+def test_task_model_stages_are_its_backbone_classifiers(task, name):
+    from cnnkit.engine.config import TrainConfig
+    from cnnkit.engine.run import build_model
+
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(task=task, model=name, backbone="resnet18"), ["a", "b"], 3)
+    owner = transfer.stage_owner(model)
+    assert isinstance(owner, type(cnnkit.create_model("resnet18"))) and owner is not model
+    assert transfer.stage_names(model)[-3:] == ["layer3", "layer4", "head"]
+
+    transfer.apply_strategy(model, "fine_tune", unfreeze=["layer4"])
+    assert transfer.frozen_stages(model) == transfer.stage_names(model)[:-2]
+    inside = {id(p) for p in owner.parameters()}
+    outside = [p for p in model.parameters() if id(p) not in inside]
+    assert outside and all(p.requires_grad for p in outside)  # neck, decoder and heads still train
+    assert all(p.requires_grad for p in owner.layer4.parameters())
+    assert not any(p.requires_grad for p in owner.layer3.parameters())
+    model.train()
+    assert not owner.layer3[0].bn1.training and owner.layer4[0].bn1.training  # frozen BN keeps its statistics
+
+
+def test_progressive_unfreezing_of_a_segmenter_walks_its_backbone():
+    from cnnkit.tasks.segmentation import create_model
+
+    model = create_model("unet", num_classes=3, backbone="resnet18")
+    transfer.set_trainable(model.backbone, False)
+    cb = ProgressiveUnfreezing(every=1)
+    trainer = _FakeTrainer(model)
+    cb.on_fit_start(trainer)
+    seen = []
+    for epoch in range(3):
+        trainer.epoch = epoch
+        cb.on_epoch_start(trainer)
+        seen.append([s for s in transfer.stage_names(model)[:-1] if s not in transfer.frozen_stages(model)])
+    assert seen == [[], ["layer4"], ["layer3", "layer4"]]
+
+
+def test_a_model_without_a_backbone_classifier_has_no_stages():
+    from cnnkit.tasks.segmentation import create_model
+
+    with pytest.raises(cnnkit.ConfigError, match="no backbone classifier"):
+        transfer.stage_names(create_model("unet", num_classes=3))

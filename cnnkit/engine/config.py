@@ -68,6 +68,8 @@ class TransferConfig:
 
     ``strategy``: ``full`` (train everything), ``feature_extractor`` (freeze the backbone, train a new
     head) or ``fine_tune`` (train the stages named in ``unfreeze`` and the head, with ``backbone_lr_scale``).
+    A detector's or segmenter's stages are those of its backbone classifier (e.g. ``layer3`` of a ResNet,
+    ``features.12`` of a MobileNetV3); its fine_tune without ``unfreeze`` trains the whole backbone.
     ``progressive_every``: unfreeze one more stage, top to bottom, every N epochs (0: off).
     """
 

@@ -181,7 +181,8 @@ def _apply_transfer(config: TrainConfig, model: torch.nn.Module) -> list[dict[st
             model, strategy.strategy, unfreeze=strategy.unfreeze, freeze_bn=strategy.freeze_bn
         )
         return transfer.param_groups(model, config.optim.weight_decay, lr_scale)
-    # Task models: the backbone is one stage, everything after it (neck, heads) is the head.
+    # Task models: everything outside the backbone (neck, decoder, heads) is the head. fine_tune trains the
+    # whole backbone at backbone_lr_scale, or only the stages in ``unfreeze``.
     if strategy.strategy not in ("full", "feature_extractor", "fine_tune"):
         raise ConfigError(
             f"unknown transfer strategy {strategy.strategy!r}: use full, feature_extractor or fine_tune"
@@ -193,6 +194,9 @@ def _apply_transfer(config: TrainConfig, model: torch.nn.Module) -> list[dict[st
         return transfer.decay_groups(model.named_parameters(), config.optim.weight_decay)
     if strategy.strategy == "feature_extractor":
         transfer.set_trainable(backbone, False, strategy.freeze_bn)
+    elif strategy.strategy == "fine_tune" and strategy.unfreeze:
+        # the named stages of the backbone's classifier train; the rest of the backbone is frozen
+        transfer.apply_strategy(model, "fine_tune", unfreeze=strategy.unfreeze, freeze_bn=strategy.freeze_bn)
     inside = {id(p) for p in backbone.parameters()}
     head = [(n, p) for n, p in model.named_parameters() if id(p) not in inside]
     return transfer.decay_groups(head, config.optim.weight_decay) + transfer.decay_groups(

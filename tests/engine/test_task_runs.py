@@ -277,3 +277,29 @@ def test_checkpoint_that_does_not_fit_its_config_is_one_line_error(unet_run, tmp
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
     assert "does not fit the model" in err and name in err and len(err.strip().splitlines()) == 1
+
+
+def test_fine_tune_unfreeze_names_backbone_stages_of_a_task_model():
+    from cnnkit.engine.run import _apply_transfer
+    from cnnkit.transfer import frozen_stages
+
+    config = load_config(
+        None, ["task=segmentation", "model=deeplabv3", "backbone=resnet18", "transfer.strategy=fine_tune"]
+    )
+    model = build_model(config, ["a", "b"], 3)
+    _apply_transfer(config, model)
+    assert frozen_stages(model) == [] and all(p.requires_grad for p in model.parameters())
+
+    config.transfer.unfreeze = ["layer4"]
+    groups = _apply_transfer(config, model)
+    assert "layer3" in frozen_stages(model) and "layer4" not in frozen_stages(model)
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    # the head trains at the full rate, the backbone at backbone_lr_scale
+    scales = {
+        g["lr_scale"] for g in groups for p in g["params"] if p is model.backbone.layer4[0].conv1.weight
+    }
+    assert scales == {config.transfer.backbone_lr_scale}
+
+    config.transfer.unfreeze = ["layer9"]
+    with pytest.raises(ConfigError, match="unknown stage 'layer9'"):
+        _apply_transfer(config, model)
