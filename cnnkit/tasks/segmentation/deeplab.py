@@ -12,7 +12,8 @@ and ``(12, 24, 36)`` at ``os=8`` (paper, section 4.1 and table 4).
 
 With the defaults of :func:`deeplabv3_resnet50` (``os=8``, rates ``(12, 24, 36)``, 256 channels) the parameter
 names and shapes equal ``torchvision.models.segmentation.deeplabv3_resnet50(aux_loss=False)``: its
-``state_dict`` loads with ``strict=True`` and the outputs agree (tested).
+``state_dict`` loads with ``strict=True`` and the outputs agree (tested), with ``aux_loss=True`` on both sides
+too (the auxiliary head of :mod:`cnnkit.tasks.segmentation.fcn`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cnnkit.layers.aspp import ASPP
 from cnnkit.layers.conv import ConvNormAct
 from cnnkit.models.registry import model_options
 from cnnkit.tasks.segmentation.backbone import build_backbone
+from cnnkit.tasks.segmentation.fcn import aux_head, with_aux
 
 DILATION = {8: (False, True, True), 16: (False, False, True)}
 ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
@@ -70,11 +72,14 @@ class DeepLabV3(nn.Module):
             at stride 16.
         aspp_channels: channels of the ASPP branches and of the head (256 in the paper).
         dropout: dropout after the ASPP projection.
+        aux_loss: add the auxiliary head on backbone stage ``aux_stage`` (see :mod:`cnnkit.tasks.segmentation.fcn`).
+        aux_stage: ``feature_info`` index of the stage it scores (``-2``: torchvision's ``layer3``).
         **backbone_kwargs: further options of the backbone's builder.
 
     Shape:
         - Input: ``(N, in_chans, H, W)``; in training mode ``N >= 2`` (BatchNorm of the image-pooling branch)
-        - Output: ``(N, num_classes, H, W)`` logits; the backbone map is ``ceil``-rounded ``H / output_stride``
+        - Output: ``(N, num_classes, H, W)`` logits; the backbone map is ``ceil``-rounded ``H / output_stride``;
+          in training mode with ``aux_loss`` a pair ``(logits, aux_logits)`` of that shape
 
     Raises:
         ConfigError: an output stride other than 8 or 16, or a backbone without dilation support.
@@ -89,6 +94,8 @@ class DeepLabV3(nn.Module):
         atrous_rates: Sequence[int] | None = None,
         aspp_channels: int = 256,
         dropout: float = 0.5,
+        aux_loss: bool = False,
+        aux_stage: int = -2,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -109,13 +116,21 @@ class DeepLabV3(nn.Module):
             *ConvNormAct(aspp_channels, aspp_channels, 3),
             nn.Conv2d(aspp_channels, num_classes, 1),
         )
+        self.aux_stage, self.aux_classifier = (
+            aux_head(info, aux_stage, num_classes) if aux_loss else (None, None)
+        )
         self.num_classes = num_classes
 
-    def forward(self, x: Tensor) -> Tensor:
-        features = self.backbone.forward_intermediates(x)[-1]
-        return F.interpolate(
-            self.classifier(features), size=x.shape[-2:], mode="bilinear", align_corners=False
+    def _with_aux(self, logits: Tensor, features: list[Tensor]) -> Tensor | tuple[Tensor, Tensor]:
+        aux_map = features[self.aux_stage] if self.aux_stage is not None else None
+        return with_aux(logits, self.aux_classifier, aux_map, self.training)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        features = self.backbone.forward_intermediates(x)
+        logits = F.interpolate(
+            self.classifier(features[-1]), size=x.shape[-2:], mode="bilinear", align_corners=False
         )
+        return self._with_aux(logits, features)
 
 
 class DeepLabV3Plus(DeepLabV3):
@@ -138,8 +153,8 @@ class DeepLabV3Plus(DeepLabV3):
         output_stride: 8 or 16 (16 in the paper).
         low_level_reduction: reduction of the backbone stage the decoder merges (a ``feature_info`` entry).
         low_level_channels: channels that stage is projected to.
-        **kwargs: further :class:`DeepLabV3` options (``atrous_rates``, ``aspp_channels``, ``dropout``) and
-            backbone options.
+        **kwargs: further :class:`DeepLabV3` options (``atrous_rates``, ``aspp_channels``, ``dropout``,
+            ``aux_loss``, ``aux_stage``) and backbone options.
 
     Shape:
         - Input: ``(N, in_chans, H, W)``; in training mode ``N >= 2``
@@ -176,21 +191,22 @@ class DeepLabV3Plus(DeepLabV3):
             nn.Conv2d(width, num_classes, 1),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         features = self.backbone.forward_intermediates(x)
         low = self.project(features[self.low_level])
         context = F.interpolate(
             self.classifier(features[-1]), size=low.shape[-2:], mode="bilinear", align_corners=False
         )
         logits = self.decoder(torch.cat([context, low], dim=1))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self._with_aux(logits, features)
 
 
 def deeplabv3_resnet50(num_classes: int = 21, in_chans: int = 3, **kwargs: Any) -> DeepLabV3:
     """DeepLabV3 with torchvision's layout: ResNet-50 at output stride 8, ASPP rates ``(12, 24, 36)``.
 
     ``model.load_state_dict(torchvision.models.segmentation.deeplabv3_resnet50(aux_loss=False).state_dict())``
-    works, and both give the same logits.
+    works, and both give the same logits; ``aux_loss=True`` on both sides adds the same ``aux_classifier``.
 
     Args:
         num_classes: output channels (21 for Pascal VOC).

@@ -16,7 +16,15 @@ start at zero, so training begins from the single-scale net. The paper learns it
 (3x3 conv to ``head_channels``, BN, ReLU, dropout 0.1, 1x1 conv). :func:`fcn_resnet50` combines that head
 with a ResNet-50 dilated to output stride 8, and then has the parameter names and shapes of
 ``torchvision.models.segmentation.fcn_resnet50(aux_loss=False)``: its ``state_dict`` loads with
-``strict=True`` and the outputs agree (tested).
+``strict=True`` and the outputs agree (tested); with ``aux_loss=True`` both sides add the auxiliary head.
+
+**Auxiliary head** (``aux_loss=True``, as torchvision's segmentation models and PSPNet's deep supervision):
+an ``FCNHead`` (``in_channels // 4`` hidden channels) named ``aux_classifier`` scores an earlier backbone
+stage (``aux_stage``, a ``feature_info`` index; ``-2``, torchvision's ``layer3``, by default). In training
+mode the model then returns ``(logits, aux_logits)``, both at the input's size, and
+:meth:`~cnnkit.tasks.segmentation.task.SegmentationTask.criterion` adds ``aux_weight`` times the loss of
+the second (the convention of classifiers with auxiliary logits, e.g. GoogLeNet); in eval mode the branch
+is skipped and the model returns the logits alone. The same helpers serve FCN, DeepLabV3 and the U-Net.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from torch import Tensor, nn
 
 from cnnkit.errors import ConfigError
 from cnnkit.layers.conv import ConvNormAct
+from cnnkit.models.base import FeatureInfo
 from cnnkit.tasks.segmentation.backbone import build_backbone
 
 
@@ -58,6 +67,42 @@ def fcn_head(
     )
 
 
+def aux_head(info: FeatureInfo, stage: int, num_classes: int) -> tuple[int, nn.Sequential]:
+    """The auxiliary classifier on backbone stage ``stage``: torchvision's ``FCNHead`` (``C // 4`` hidden).
+
+    Args:
+        info: the backbone's ``feature_info``.
+        stage: index of the scored stage (negative counts from the last).
+        num_classes: output channels.
+
+    Returns:
+        ``(stage index >= 0, head)``.
+
+    Raises:
+        ConfigError: ``stage`` outside the backbone's stages.
+    """
+    if not -len(info) <= stage < len(info):
+        raise ConfigError(f"aux_stage must index one of the backbone's {len(info)} stages, got {stage}")
+    stage %= len(info)
+    channels = info[stage]["num_chs"]
+    return stage, fcn_head(channels, num_classes, channels // 4)
+
+
+def with_aux(
+    logits: Tensor, aux_classifier: nn.Module | None, feature: Tensor | None, training: bool
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``logits``, or ``(logits, aux_logits)`` in training mode when the model has an auxiliary head.
+
+    Shape:
+        - Input: ``logits (N, K, H, W)``, ``feature (N, C, h, w)`` (the scored stage's map)
+        - Output: ``(N, K, H, W)``, or a pair of them (the auxiliary scores upsampled bilinearly)
+    """
+    if aux_classifier is None or not training or feature is None:
+        return logits
+    aux = aux_classifier(feature)
+    return logits, F.interpolate(aux, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class FCN(nn.Module):
     """FCN on any registered backbone, with 0, 1 or 2 skip connections from earlier stages.
 
@@ -68,12 +113,15 @@ class FCN(nn.Module):
         skips: number of earlier stages whose 1x1 scores are added (0: FCN-32s, 1: FCN-16s, 2: FCN-8s style).
         head_channels: see :func:`fcn_head`.
         dropout: dropout of the larger head.
+        aux_loss: add the auxiliary head (see the module docstring).
+        aux_stage: the backbone stage it scores (``feature_info`` index).
         **backbone_kwargs: options of the backbone's builder, e.g.
             ``replace_stride_with_dilation=(False, True, True)`` for a ResNet at output stride 8.
 
     Shape:
         - Input: ``(N, in_chans, H, W)``, any size the backbone accepts
-        - Output: ``(N, num_classes, H, W)`` logits
+        - Output: ``(N, num_classes, H, W)`` logits; in training mode with ``aux_loss`` a pair
+          ``(logits, aux_logits)`` of that shape
     """
 
     def __init__(
@@ -84,6 +132,8 @@ class FCN(nn.Module):
         skips: int = 0,
         head_channels: int | None = None,
         dropout: float = 0.1,
+        aux_loss: bool = False,
+        aux_stage: int = -2,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -92,6 +142,9 @@ class FCN(nn.Module):
         if not 0 <= skips < len(info):
             raise ConfigError(f"skips must be in 0..{len(info) - 1} for backbone {backbone!r}, got {skips}")
         self.classifier = fcn_head(info[-1]["num_chs"], num_classes, head_channels, dropout)
+        self.aux_stage, self.aux_classifier = (
+            aux_head(info, aux_stage, num_classes) if aux_loss else (None, None)
+        )
         self.skip_indices = [len(info) - 2 - i for i in range(skips)]
         self.skip_classifiers = nn.ModuleList(
             nn.Conv2d(info[i]["num_chs"], num_classes, 1) for i in self.skip_indices
@@ -101,20 +154,22 @@ class FCN(nn.Module):
             nn.init.zeros_(conv.bias)
         self.num_classes = num_classes
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         maps = self.backbone.forward_intermediates(x)
         scores = self.classifier(maps[-1])
         for index, score_layer in zip(self.skip_indices, self.skip_classifiers):
             skip = score_layer(maps[index])
             scores = F.interpolate(scores, size=skip.shape[-2:], mode="bilinear", align_corners=False) + skip
-        return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        aux_map = maps[self.aux_stage] if self.aux_stage is not None else None
+        return with_aux(logits, self.aux_classifier, aux_map, self.training)
 
 
 def fcn_resnet50(num_classes: int = 21, in_chans: int = 3, **kwargs: Any) -> FCN:
     """FCN with torchvision's layout: ResNet-50 at output stride 8 (dilated layer3/4) and an ``FCNHead`` of 512.
 
     ``model.load_state_dict(torchvision.models.segmentation.fcn_resnet50(aux_loss=False).state_dict())``
-    works, and both give the same logits.
+    works, and both give the same logits; ``aux_loss=True`` on both sides adds the same ``aux_classifier``.
 
     Args:
         num_classes: output channels (21 for Pascal VOC).

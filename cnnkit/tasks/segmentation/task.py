@@ -28,6 +28,8 @@ class SegmentationTask:
         loss: ``"ce"`` (cross-entropy), ``"ce+dice"`` (their sum) or ``"focal"`` (focal loss,
             ``gamma = focal_gamma``); see :mod:`cnnkit.tasks.segmentation.losses`.
         focal_gamma: focusing parameter of the focal loss.
+        aux_weight: weight of the auxiliary logits' loss when a model with ``aux_loss=True`` returns
+            ``(logits, aux_logits)`` in training (0.5, as torchvision's segmentation reference).
 
     Example:
         >>> task = SegmentationTask(3, mean=(0.5,), std=(0.5,))
@@ -49,6 +51,7 @@ class SegmentationTask:
         ignore_index: int = 255,
         loss: str = "ce",
         focal_gamma: float = 2.0,
+        aux_weight: float = 0.5,
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown segmentation loss {loss!r}; choose one of {', '.join(LOSSES)}")
@@ -59,6 +62,7 @@ class SegmentationTask:
         self.ignore_index = ignore_index
         self.loss = loss
         self.focal_gamma = focal_gamma
+        self.aux_weight = float(aux_weight)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8`` or ``[0, 1]`` float images ``(B, C, H, W)`` -> normalized float32."""
@@ -90,12 +94,25 @@ class SegmentationTask:
         masks = torch.stack([target["mask"] for target in targets]).long()
         return self.normalize(images), masks
 
-    def criterion(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def criterion(
+        self, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """The configured loss of logits ``(B, K, H, W)`` against masks ``(B, H, W)``.
 
+        ``outputs`` may be a pair ``(logits, aux_logits)`` (a model with ``aux_loss=True`` in training):
+        the total is then ``loss(logits) + aux_weight * loss(aux_logits)``.
+
         Returns:
-            ``{"loss": total}``; with ``"ce+dice"`` also the detached parts ``"ce"`` and ``"dice"``.
+            ``{"loss": total}``; with ``"ce+dice"`` also the detached parts ``"ce"`` and ``"dice"`` (of the
+            main logits), with auxiliary logits also ``"aux"`` (their detached loss).
         """
+        if isinstance(outputs, tuple):
+            main, aux = outputs
+            losses = self.criterion(main, targets)
+            aux_loss = self.criterion(aux, targets)["loss"]
+            losses["loss"] = losses["loss"] + self.aux_weight * aux_loss
+            losses["aux"] = aux_loss.detach()
+            return losses
         if self.loss == "focal":
             return {"loss": focal_loss(outputs, targets, self.focal_gamma, ignore_index=self.ignore_index)}
         ce = cross_entropy(outputs, targets, self.ignore_index)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from cnnkit.errors import ConfigError
 from cnnkit.layers.conv import ConvNormAct
 from cnnkit.tasks.segmentation.backbone import build_backbone, pad_to_multiple
+from cnnkit.tasks.segmentation.fcn import aux_head, with_aux
 
 Upsample = Literal["bilinear", "transposed"]
 
@@ -163,11 +164,15 @@ class BackboneUNet(nn.Module):
         upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
         decoder_channels: output channels of the block that merges each stage (default: the stage's channels).
         input_skip: concatenate the input image in the full-resolution block (when the encoder has none).
+        aux_loss: add an auxiliary head on encoder stage ``aux_stage`` (deep supervision; see
+            :mod:`cnnkit.tasks.segmentation.fcn`).
+        aux_stage: ``feature_info`` index of the stage it scores (``-1``: the deepest, most semantic map).
         **backbone_kwargs: options of the backbone's builder.
 
     Shape:
         - Input: ``(N, in_chans, H, W)``, padded internally to a multiple of the largest reduction
-        - Output: ``(N, num_classes, H, W)`` logits
+        - Output: ``(N, num_classes, H, W)`` logits; in training mode with ``aux_loss`` a pair
+          ``(logits, aux_logits)`` of that shape
     """
 
     def __init__(
@@ -178,6 +183,8 @@ class BackboneUNet(nn.Module):
         upsample: Upsample = "bilinear",
         decoder_channels: tuple[int, ...] | None = None,
         input_skip: bool = True,
+        aux_loss: bool = False,
+        aux_stage: int = -1,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -207,16 +214,23 @@ class BackboneUNet(nn.Module):
             width = final_width
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(width, num_classes, 1)
+        self.aux_stage, self.aux_classifier = (
+            aux_head(info, aux_stage, num_classes) if aux_loss else (None, None)
+        )
         self.num_classes = num_classes
         self.stride = max(reductions)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         height, width = x.shape[-2:]
         padded = pad_to_multiple(x, self.stride)
         skips = self.backbone.forward_intermediates(padded)
+        aux_map = skips[self.aux_stage] if self.aux_stage is not None else None
         if self.input_skip:
             skips.insert(0, padded)
         y = skips.pop()
         for block in self.decoder:
             y = block(y, skips.pop() if skips else None, tuple(padded.shape[-2:]))
-        return self.head(y)[..., :height, :width]
+        out = with_aux(self.head(y), self.aux_classifier, aux_map, self.training)
+        if isinstance(out, tuple):
+            return out[0][..., :height, :width], out[1][..., :height, :width]
+        return out[..., :height, :width]

@@ -179,3 +179,45 @@ def test_deeplabv3plus_decoder_merges_the_stride_4_map():
         assert model(torch.randn(2, 1, *size)).shape == (2, 4, *size)
     with pytest.raises(ConfigError, match="no stage at reduction 3"):
         create_model("deeplabv3plus", num_classes=4, backbone="resnet18", low_level_reduction=3)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, scored",
+    [
+        ("unet", {"backbone": "mobilenet_v3_small"}, -1),
+        ("fcn", {"backbone": "resnet18"}, -2),
+        ("deeplabv3", {"backbone": "resnet18", "output_stride": 16}, -2),
+        ("deeplabv3plus", {"backbone": "resnet18"}, -2),
+    ],
+)
+def test_aux_head_scores_its_stage_in_training_only(name, kwargs, scored):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4, aux_loss=True, **kwargs)
+    x = torch.randn(2, 3, 45, 51)
+    logits, aux = model.train()(x)
+    assert logits.shape == aux.shape == (2, 4, 45, 51)
+    info = model.feature_info
+    assert model.aux_stage == len(info) + scored
+    assert model.aux_classifier[0].in_channels == info[model.aux_stage]["num_chs"]
+    # the aux logits are the head on that stage's map, upsampled: recompute them by hand
+    model.eval()  # fixed BatchNorm statistics on both paths
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    model.training = True  # the forward's branch; every submodule stays in eval mode
+    with torch.no_grad():
+        padded = F.pad(x, (0, -51 % 32, 0, -45 % 32)) if name == "unet" else x
+        stage_map = model.backbone.forward_intermediates(padded)[model.aux_stage]
+        expected = F.interpolate(
+            model.aux_classifier(stage_map), size=padded.shape[-2:], mode="bilinear", align_corners=False
+        )[..., :45, :51]
+        torch.testing.assert_close(model(x)[1], expected)
+    assert isinstance(model.eval()(x), torch.Tensor)
+    loss = sum(o.sum() for o in model.train()(x))
+    loss.backward()
+    assert model.aux_classifier[0].weight.grad.abs().sum() > 0
+
+
+def test_aux_stage_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="aux_stage"):
+        create_model("fcn", num_classes=3, backbone="resnet18", aux_loss=True, aux_stage=9)

@@ -90,3 +90,15 @@ def test_tiny_unet_overfits_two_mnist_seg_images():
         optimizer.step()
     assert before < 0.5
     assert evaluate() > 0.8
+
+
+def test_criterion_adds_the_weighted_aux_loss():
+    torch.manual_seed(0)
+    logits, aux = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    masks = torch.randint(0, 3, (2, 8, 8))
+    task = SegmentationTask(3, mean=(0.5,), std=(0.5,), loss="ce+dice", aux_weight=0.4)
+    main, side = task.criterion(logits, masks), task.criterion(aux, masks)
+    both = task.criterion((logits, aux), masks)
+    torch.testing.assert_close(both["loss"], main["loss"] + 0.4 * side["loss"])
+    torch.testing.assert_close(both["aux"], side["loss"])
+    torch.testing.assert_close(both["ce"], main["ce"])

@@ -1,4 +1,4 @@
-"""FCN and DeepLabV3 share torchvision's state_dict layout (fcn_resnet50 / deeplabv3_resnet50, no aux head)."""
+"""FCN and DeepLabV3 share torchvision's state_dict layout (fcn_resnet50 / deeplabv3_resnet50), with and without the aux head."""
 
 import pytest
 import torch
@@ -34,3 +34,34 @@ def test_same_outputs_after_loading_torchvision_weights(ours_fn, theirs_fn):
     x = torch.randn(1, 3, 33, 47)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x)["out"])
+
+
+@pytest.mark.parametrize("ours_fn, theirs_fn", PAIRS, ids=["fcn", "deeplabv3"])
+def test_aux_head_has_torchvision_names_and_shapes(ours_fn, theirs_fn):
+    with torch.device("meta"):
+        theirs = theirs_fn(weights=None, weights_backbone=None, aux_loss=True, num_classes=7)
+        ours = ours_fn(num_classes=7, aux_loss=True)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ours_fn, theirs_fn", PAIRS, ids=["fcn", "deeplabv3"])
+def test_aux_logits_equal_torchvisions_in_training_mode(ours_fn, theirs_fn):
+    torch.manual_seed(0)
+    theirs = theirs_fn(weights=None, weights_backbone=None, aux_loss=True, num_classes=5)
+    ours = ours_fn(num_classes=5, aux_loss=True)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    for model in (ours, theirs):  # training mode (batch statistics), dropout off on both sides
+        model.train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+    x = torch.randn(2, 3, 33, 47)
+    with torch.no_grad():
+        logits, aux = ours(x)
+        expected = theirs(x)
+    torch.testing.assert_close(logits, expected["out"])
+    torch.testing.assert_close(aux, expected["aux"])
+    assert isinstance(ours.eval()(x), torch.Tensor)  # eval mode: the logits alone, no aux branch
