@@ -121,16 +121,12 @@ class DeepLabV3(nn.Module):
         )
         self.num_classes = num_classes
 
-    def _with_aux(self, logits: Tensor, features: list[Tensor]) -> Tensor | tuple[Tensor, Tensor]:
-        aux_map = features[self.aux_stage] if self.aux_stage is not None else None
-        return with_aux(logits, self.aux_classifier, aux_map, self.training)
-
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         features = self.backbone.forward_intermediates(x)
         logits = F.interpolate(
             self.classifier(features[-1]), size=x.shape[-2:], mode="bilinear", align_corners=False
         )
-        return self._with_aux(logits, features)
+        return with_aux(logits, features, self.aux_classifier, self.aux_stage, self.training)
 
 
 class DeepLabV3Plus(DeepLabV3):
@@ -199,7 +195,7 @@ class DeepLabV3Plus(DeepLabV3):
         )
         logits = self.decoder(torch.cat([context, low], dim=1))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return self._with_aux(logits, features)
+        return with_aux(logits, features, self.aux_classifier, self.aux_stage, self.training)
 
 
 def deeplabv3_resnet50(num_classes: int = 21, in_chans: int = 3, **kwargs: Any) -> DeepLabV3:

@@ -89,17 +89,28 @@ def aux_head(info: FeatureInfo, stage: int, num_classes: int) -> tuple[int, nn.S
 
 
 def with_aux(
-    logits: Tensor, aux_classifier: nn.Module | None, feature: Tensor | None, training: bool
+    logits: Tensor,
+    maps: list[Tensor],
+    aux_classifier: nn.Module | None,
+    stage: int | None,
+    training: bool,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``logits``, or ``(logits, aux_logits)`` in training mode when the model has an auxiliary head.
 
+    Args:
+        logits: the model's main scores.
+        maps: the backbone's stage maps (``forward_intermediates``).
+        aux_classifier: the auxiliary head (``None`` without one).
+        stage: the index in ``maps`` it scores.
+        training: the model's mode; the head runs in training only.
+
     Shape:
-        - Input: ``logits (N, K, H, W)``, ``feature (N, C, h, w)`` (the scored stage's map)
+        - Input: ``logits (N, K, H, W)``, ``maps[stage] (N, C, h, w)``
         - Output: ``(N, K, H, W)``, or a pair of them (the auxiliary scores upsampled bilinearly)
     """
-    if aux_classifier is None or not training or feature is None:
+    if aux_classifier is None or stage is None or not training:
         return logits
-    aux = aux_classifier(feature)
+    aux = aux_classifier(maps[stage])
     return logits, F.interpolate(aux, size=logits.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -161,8 +172,7 @@ class FCN(nn.Module):
             skip = score_layer(maps[index])
             scores = F.interpolate(scores, size=skip.shape[-2:], mode="bilinear", align_corners=False) + skip
         logits = F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        aux_map = maps[self.aux_stage] if self.aux_stage is not None else None
-        return with_aux(logits, self.aux_classifier, aux_map, self.training)
+        return with_aux(logits, maps, self.aux_classifier, self.aux_stage, self.training)
 
 
 def fcn_resnet50(num_classes: int = 21, in_chans: int = 3, **kwargs: Any) -> FCN:

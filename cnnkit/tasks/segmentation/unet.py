@@ -223,14 +223,12 @@ class BackboneUNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         height, width = x.shape[-2:]
         padded = pad_to_multiple(x, self.stride)
-        skips = self.backbone.forward_intermediates(padded)
-        aux_map = skips[self.aux_stage] if self.aux_stage is not None else None
-        if self.input_skip:
-            skips.insert(0, padded)
+        maps = self.backbone.forward_intermediates(padded)
+        skips = [padded, *maps] if self.input_skip else list(maps)
         y = skips.pop()
         for block in self.decoder:
             y = block(y, skips.pop() if skips else None, tuple(padded.shape[-2:]))
-        out = with_aux(self.head(y), self.aux_classifier, aux_map, self.training)
+        out = with_aux(self.head(y), maps, self.aux_classifier, self.aux_stage, self.training)
         if isinstance(out, tuple):
             return out[0][..., :height, :width], out[1][..., :height, :width]
         return out[..., :height, :width]

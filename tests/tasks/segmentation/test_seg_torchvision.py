@@ -9,11 +9,12 @@ from cnnkit.tasks.segmentation import deeplabv3_resnet50, fcn_resnet50
 PAIRS = [(fcn_resnet50, tvs.fcn_resnet50), (deeplabv3_resnet50, tvs.deeplabv3_resnet50)]
 
 
+@pytest.mark.parametrize("aux_loss", [False, True], ids=["no_aux", "aux"])
 @pytest.mark.parametrize("ours_fn, theirs_fn", PAIRS, ids=["fcn", "deeplabv3"])
-def test_same_parameter_names_and_shapes(ours_fn, theirs_fn):
+def test_same_parameter_names_and_shapes(ours_fn, theirs_fn, aux_loss):
     with torch.device("meta"):
-        theirs = theirs_fn(weights=None, weights_backbone=None, aux_loss=False, num_classes=7)
-        ours = ours_fn(num_classes=7)
+        theirs = theirs_fn(weights=None, weights_backbone=None, aux_loss=aux_loss, num_classes=7)
+        ours = ours_fn(num_classes=7, aux_loss=aux_loss)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {
         k: v.shape for k, v in theirs.state_dict().items()
     }
@@ -34,16 +35,6 @@ def test_same_outputs_after_loading_torchvision_weights(ours_fn, theirs_fn):
     x = torch.randn(1, 3, 33, 47)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x)["out"])
-
-
-@pytest.mark.parametrize("ours_fn, theirs_fn", PAIRS, ids=["fcn", "deeplabv3"])
-def test_aux_head_has_torchvision_names_and_shapes(ours_fn, theirs_fn):
-    with torch.device("meta"):
-        theirs = theirs_fn(weights=None, weights_backbone=None, aux_loss=True, num_classes=7)
-        ours = ours_fn(num_classes=7, aux_loss=True)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {
-        k: v.shape for k, v in theirs.state_dict().items()
-    }
 
 
 @pytest.mark.slow
