@@ -167,6 +167,12 @@ class BackboneUNet(nn.Module):
         aux_loss: add an auxiliary head on encoder stage ``aux_stage`` (deep supervision; see
             :mod:`cnnkit.tasks.segmentation.fcn`).
         aux_stage: ``feature_info`` index of the stage it scores (``-1``: the deepest, most semantic map).
+        score_stages: ``feature_info`` indices of stages whose decoder map (the output of the block that merges
+            that stage) also gets a 1x1 classifier; those scores are upsampled bilinearly and added to the
+            full-resolution logits, FCN's score fusion (Long et al., 2015) on the decoder. The class of a
+            region then reaches the output directly from a coarse map instead of only through the narrow
+            full-resolution blocks; on MNIST-Seg ``(2,)`` (stride 8) took the first epoch's mIoU from 0.22
+            to 0.54 (``docs/segmentation.md``).
         **backbone_kwargs: options of the backbone's builder.
 
     Shape:
@@ -185,6 +191,7 @@ class BackboneUNet(nn.Module):
         input_skip: bool = True,
         aux_loss: bool = False,
         aux_stage: int = -1,
+        score_stages: tuple[int, ...] = (),
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -214,6 +221,16 @@ class BackboneUNet(nn.Module):
             width = final_width
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(width, num_classes, 1)
+        # FCN's score fusion: 1x1 classifiers on decoder maps, keyed by the index of the block that makes them
+        self.score_heads = nn.ModuleDict()
+        for stage in score_stages:
+            if not -len(info) <= stage < len(info) or stage % len(info) == len(info) - 1:
+                raise ConfigError(
+                    f"score_stages must index stages the decoder merges (0 to {len(info) - 2}, or "
+                    f"{-len(info)} to -2), got {stage}"
+                )
+            stage %= len(info)
+            self.score_heads[str(len(info) - 2 - stage)] = nn.Conv2d(decoder_channels[stage], num_classes, 1)
         self.aux_stage, self.aux_classifier = (
             aux_head(info, aux_stage, num_classes) if aux_loss else (None, None)
         )
@@ -226,9 +243,17 @@ class BackboneUNet(nn.Module):
         maps = self.backbone.forward_intermediates(padded)
         skips = [padded, *maps] if self.input_skip else list(maps)
         y = skips.pop()
-        for block in self.decoder:
+        coarse = []
+        for i, block in enumerate(self.decoder):
             y = block(y, skips.pop() if skips else None, tuple(padded.shape[-2:]))
-        out = with_aux(self.head(y), maps, self.aux_classifier, self.aux_stage, self.training)
+            if str(i) in self.score_heads:
+                coarse.append(self.score_heads[str(i)](y))
+        logits = self.head(y)
+        for scores in coarse:
+            logits = logits + F.interpolate(
+                scores, size=logits.shape[-2:], mode="bilinear", align_corners=False
+            )
+        out = with_aux(logits, maps, self.aux_classifier, self.aux_stage, self.training)
         if isinstance(out, tuple):
             return out[0][..., :height, :width], out[1][..., :height, :width]
         return out[..., :height, :width]

@@ -76,6 +76,45 @@ def test_backbone_unet_trains_every_parameter():
     assert "backbone.layer4.1.conv2.weight" in model.state_dict()
 
 
+def test_backbone_unet_score_stages_add_upsampled_decoder_scores():
+    """score_stages=(2, 1): 1x1 scores of the decoder maps that merged the stride-8 and stride-4 stages,
+    upsampled bilinearly and added to the full-resolution logits (FCN's score fusion)."""
+    torch.manual_seed(0)
+    plain = BackboneUNet("mobilenet_v3_small", num_classes=3, in_chans=1).eval()
+    fused = BackboneUNet("mobilenet_v3_small", num_classes=3, in_chans=1, score_stages=(2, 1)).eval()
+    missing, unexpected = fused.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == [
+        f"score_heads.{i}.{p}" for i in (1, 2) for p in ("bias", "weight")
+    ]
+    # block i of the decoder merges stage len(info) - 2 - i: stride 8 is block 1, stride 4 block 2
+    assert [fused.score_heads[k].in_channels for k in ("1", "2")] == [
+        fused.feature_info.channels()[i] for i in (2, 1)
+    ]
+    x = torch.randn(2, 1, 45, 51)
+    maps = {}
+    for i in (1, 2):
+        fused.decoder[i].register_forward_hook(lambda module, args, out, i=i: maps.__setitem__(i, out))
+    expected = plain(x)
+    out = fused(x)
+    padded_size = (64, 64)  # 45 x 51 padded to multiples of the stride, 32
+    assert maps[1].shape[-2:] == (8, 8) and maps[2].shape[-2:] == (16, 16)
+    for i in (1, 2):
+        scores = fused.score_heads[str(i)](maps[i])
+        expected = (
+            expected
+            + F.interpolate(scores, size=padded_size, mode="bilinear", align_corners=False)[..., :45, :51]
+        )
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert all(head.weight.grad.abs().sum() > 0 for head in fused.score_heads.values())
+
+
+@pytest.mark.parametrize("stage", [4, -1, 5, -6])
+def test_backbone_unet_score_stages_must_be_decoder_stages(stage):
+    with pytest.raises(ConfigError, match="score_stages"):
+        BackboneUNet("mobilenet_v3_small", num_classes=3, in_chans=1, score_stages=(stage,))
+
+
 @pytest.mark.parametrize("skips", [0, 1, 2])
 def test_fcn_logits_at_input_size(skips):
     model = FCN("resnet18", num_classes=4, in_chans=1, skips=skips).eval()
