@@ -40,6 +40,11 @@ FINE_TUNE = (
 encoder fine-tuned at a fifth of the learning rate (at the full rate its digit knowledge was mostly lost:
 mIoU 0.447 after 2 epochs, against 0.695 at 0.2x)."""
 
+UNET_FINE_TUNE = FINE_TUNE.replace("backbone_lr_scale=0.2", "backbone_lr_scale=0.5")
+"""The U-Net's encoder at half the learning rate: with FCN-style score fusion on its decoder
+(``score_stages``) the digit classes are learnt early, and 0.5x fine-tunes the encoder further than 0.2x
+without losing what pretraining taught it (mIoU 0.845 against 0.835 at 0.2x with one scored stage)."""
+
 MASK_STAGE = (
     TWO_STAGE.replace("out_indices=[-3,-2,-1]", "out_indices=[-4,-3,-2,-1]")
     .replace("anchor_sizes=[[16],[32],[64],[128]]", "anchor_sizes=[[16],[32],[64],[128],[256]]")
@@ -70,7 +75,8 @@ RECIPES: dict[str, dict] = {
     "unet": {
         "steps": [
             PRETRAIN.split(),
-            f"task=segmentation model=unet backbone=mobilenet_v3_large data=mnist-seg epochs=5 {FINE_TUNE}".split(),
+            f"task=segmentation model=unet backbone=mobilenet_v3_large data=mnist-seg epochs=5 {UNET_FINE_TUNE} "
+            "model_kwargs.score_stages=[3,2,1]".split(),
         ],
         "metric": "miou",
         "target": 0.90,

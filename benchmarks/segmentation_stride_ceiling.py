@@ -1,0 +1,80 @@
+"""How well can logits predicted at output stride s, upsampled bilinearly, draw MNIST-Seg's masks at all?
+
+Run: ``python benchmarks/segmentation_stride_ceiling.py [--images N] [--strides 16 8 4 2] [--steps S]``
+
+DeepLabV3 (and FCN) predict ``K`` logits per cell of a grid at output stride ``s`` and upsample them bilinearly
+to the image (``F.interpolate(..., mode="bilinear", align_corners=False)``, as torchvision does). Whatever the
+network, its prediction is then ``argmax_k upsample(L)_k`` for some coarse logit map ``L (K, H/s, W/s)``. This
+script estimates the best mIoU such a prediction can reach: for each held-out image it fits ``L`` directly to
+the true mask (Adam on the pixel cross-entropy, no network, one free logit map per image), takes the argmax of
+the upsampled fit, and scores it over the set with the metrics of :mod:`cnnkit.tasks.segmentation`. A trained
+model whose logits are upsampled from stride ``s`` cannot do much better than this ceiling (the fit minimises
+cross-entropy, not mIoU itself, so the figure is an estimate, not a proof; a model above it would show that).
+
+The set is the first ``--images`` (default 200, about 13 minutes on 2 cores for the four strides) of the
+benchmark's held-out MNIST-Seg (500 images, 128x128, seed 1; ``benchmarks/train_tasks.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cnnkit.data import MNISTSegmentation
+from cnnkit.tasks.segmentation import confusion_matrix, miou, pixel_accuracy
+
+NUM_CLASSES = 11  # background and ten digits
+
+
+def fitted_prediction(masks: torch.Tensor, stride: int, steps: int) -> torch.Tensor:
+    """Argmax of the bilinearly upsampled coarse logits fitted to ``masks`` (one free logit map per image).
+
+    Shape:
+        - Input: ``masks (N, H, W)`` int64 class indices; ``H`` and ``W`` multiples of ``stride``
+        - Output: ``(N, H, W)`` predicted classes
+    """
+    n, height, width = masks.shape
+    coarse = torch.zeros(n, NUM_CLASSES, height // stride, width // stride, requires_grad=True)
+    optimizer = torch.optim.Adam([coarse], lr=0.3)
+    for _ in range(steps):
+        logits = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    return logits.argmax(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=200, help="held-out images scored (of 500)")
+    parser.add_argument("--strides", type=int, nargs="+", default=[16, 8, 4, 2])
+    parser.add_argument("--steps", type=int, default=400, help="Adam steps of each fit")
+    parser.add_argument("--chunk", type=int, default=100, help="images fitted at once")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    dataset = MNISTSegmentation("val", size=args.images, image_size=128, seed=1)
+    masks = torch.stack([dataset[i][1]["mask"] for i in range(len(dataset))])
+    print(f"held-out MNIST-Seg: {len(masks)} images 128x128, {NUM_CLASSES} classes")
+    for stride in args.strides:
+        start = time.perf_counter()
+        matrix = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+        for chunk in masks.split(args.chunk):
+            pred = fitted_prediction(chunk, stride, args.steps)
+            matrix += confusion_matrix(pred, chunk, NUM_CLASSES)
+        print(
+            f"output stride {stride:2d} ({128 // stride}x{128 // stride} logits): ceiling mIoU {miou(matrix):.3f}, "
+            f"pixel accuracy {pixel_accuracy(matrix):.4f}  ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
