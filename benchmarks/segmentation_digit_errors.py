@@ -18,10 +18,9 @@ import collections
 import torch
 
 from cnnkit.data import MNISTSegmentation
+from cnnkit.engine.datasets import GENERATED_SEEDS
 from cnnkit.engine.run import load_run_model
-from cnnkit.tasks.images import normalize_images
-
-SPLITS = (("train", 0), ("val", 1))  # the seeds of cnnkit.engine.datasets' generated sets
+from cnnkit.tasks.images import channel_stats, normalize_images
 
 
 def digit_votes(model: torch.nn.Module, dataset: MNISTSegmentation, mean, std, batch: int = 50):
@@ -36,7 +35,7 @@ def digit_votes(model: torch.nn.Module, dataset: MNISTSegmentation, mean, std, b
                 pixels = pred[mask.bool()]
                 if len(pixels) == 0:
                     continue
-                votes = torch.bincount(pixels, minlength=11)
+                votes = torch.bincount(pixels, minlength=len(dataset.classes) + 1)  # background is 0
                 yield (
                     int(label),
                     int(votes.argmax()) - 1,
@@ -53,10 +52,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="canvases per split")
     args = parser.parse_args()
     model, meta, config = load_run_model(args.run)
-    mean = torch.tensor(meta["input"]["mean"]).view(-1, 1, 1)
-    std = torch.tensor(meta["input"]["std"]).view(-1, 1, 1)
+    mean, std = channel_stats(meta["input"]["mean"]), channel_stats(meta["input"]["std"])
     size = config.data.image_size or 128
-    for split, seed in SPLITS:
+    for split, seed in GENERATED_SEEDS.items():
         dataset = MNISTSegmentation(split, size=args.images, image_size=size, seed=seed)
         rows = list(digit_votes(model, dataset, mean, std))
         right = [true == pred for true, pred, _, _ in rows]

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.data import MNISTSegmentation
+from cnnkit.engine.datasets import GENERATED_SEEDS
 from cnnkit.tasks.segmentation import confusion_matrix, miou, pixel_accuracy
 
-NUM_CLASSES = 11  # background and ten digits
+NUM_CLASSES = len(MNISTSegmentation.classes) + 1  # the ten digits and the background
 
 
 def fitted_prediction(masks: torch.Tensor, stride: int, steps: int) -> torch.Tensor:
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=100, help="images fitted at once")
     args = parser.parse_args()
     torch.manual_seed(0)
-    dataset = MNISTSegmentation("val", size=args.images, image_size=128, seed=1)
+    dataset = MNISTSegmentation("val", size=args.images, image_size=128, seed=GENERATED_SEEDS["val"])
     masks = torch.stack([dataset[i][1]["mask"] for i in range(len(dataset))])
     print(f"held-out MNIST-Seg: {len(masks)} images 128x128, {NUM_CLASSES} classes")
     for stride in args.strides:
