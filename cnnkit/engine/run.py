@@ -34,6 +34,7 @@ from cnnkit.engine.distributed import DistributedContext
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.trainer import Callback, Trainer, seed_everything
 from cnnkit.errors import ConfigError, DataError, did_you_mean
+from cnnkit.models.pretrained import is_weights_file, load_pretrained, read_state_dict
 from cnnkit.models.registry import IMAGENET_MEAN, IMAGENET_STD, create_model, model_card
 from cnnkit.tasks.classification import ClassificationTask
 
@@ -75,10 +76,14 @@ def build_model(
         config: ``task``, ``model``, ``backbone``, ``model_kwargs``, ``num_classes``.
         classes: the data's class names.
         in_chans: image channels.
-        weights: pretrained weights of the classifier (classification) or of the backbone.
+        weights: pretrained weights of the classifier (classification); for detection and segmentation,
+            either a checkpoint of the whole task model (a ``best``/``last.safetensors`` of an earlier run
+            of the same model and classes, which initialises every layer: ultralytics' ``model=best.pt``,
+            timm's ``--initial-checkpoint``) or weights of the backbone's classifier.
 
     Raises:
-        ConfigError: a model name the task does not know, or an unknown option.
+        ConfigError: a model name the task does not know, an unknown option, or a whole-model checkpoint
+            that does not fit (its missing, unexpected and mismatched keys).
     """
     kwargs = {k: v for k, v in config.model_kwargs.items() if k != "in_chans"}
     if config.task == "classification":
@@ -86,8 +91,21 @@ def build_model(
         return create_model(
             config.model, num_classes=num_classes, in_chans=in_chans, weights=weights, **kwargs
         )
+    if weights and is_weights_file(weights):
+        model = _build_task_model(config, classes, in_chans, kwargs)
+        state = read_state_dict(weights)
+        own = model.state_dict()
+        if 2 * len(own.keys() & state.keys()) >= len(own):  # a whole task model, not a classifier
+            return load_pretrained(model, state)
     if weights:
         kwargs["weights"] = weights
+    return _build_task_model(config, classes, in_chans, kwargs)
+
+
+def _build_task_model(
+    config: TrainConfig, classes: list[str], in_chans: int, kwargs: dict[str, Any]
+) -> torch.nn.Module:
+    """The detection or segmentation model of ``config`` (``kwargs``: its options, backbone weights included)."""
     names = DETECTORS[:2] if config.task == "detection" else SEGMENTERS
     if config.model not in names and not (config.task == "detection" and config.model == "mask_rcnn"):
         raise ConfigError(

@@ -303,3 +303,44 @@ def test_fine_tune_unfreeze_names_backbone_stages_of_a_task_model():
     config.transfer.unfreeze = ["layer9"]
     with pytest.raises(ConfigError, match="unknown stage 'layer9'"):
         _apply_transfer(config, model)
+
+
+def test_weights_of_a_whole_task_model_initialise_every_layer(unet_run, tmp_path, capsys):
+    """`weights=` a run's checkpoint starts a new run of the same model from all its layers (progressive
+    resizing: train small, then go on at full size); another class count is a one-line error."""
+    from safetensors.torch import load_file
+
+    best = unet_run / "best.safetensors"
+    config = load_config(None, ["task=segmentation", "model=unet", "model_kwargs.base_channels=8"])
+    model = build_model(config, [str(d) for d in range(10)], 1, str(best))
+    for name, value in load_file(str(best)).items():
+        assert torch.equal(model.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match="do not fit UNet.*head.weight"):
+        build_model(config, ["a", "b"], 1, str(best))
+    out = tmp_path / "next"
+    args = [
+        "train",
+        "task=segmentation",
+        "model=unet",
+        "data=mnist-seg",
+        "model_kwargs.base_channels=8",
+        *TINY,
+    ]
+    assert main([*args, "data.image_size=96", f"weights={best}", f"output_dir={out}"]) == 0
+    assert (out / "best.safetensors").is_file()
+    assert main([*args, "data=shapes", f"weights={best}", f"output_dir={tmp_path / 'bad'}"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit UNet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_classifier_weights_still_go_to_the_backbone(tmp_path):
+    from safetensors.torch import save_file
+
+    from cnnkit.models import create_model
+
+    classifier = create_model("resnet18", num_classes=10)
+    path = tmp_path / "resnet18.safetensors"
+    save_file(classifier.state_dict(), str(path))
+    config = load_config(None, ["task=segmentation", "model=fcn", "backbone=resnet18"])
+    model = build_model(config, ["a", "b"], 3, str(path))
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, classifier.layer1[0].conv1.weight)
