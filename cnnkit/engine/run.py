@@ -96,7 +96,7 @@ def build_model(
         state = read_state_dict(weights)
         own = model.state_dict()
         if 2 * len(own.keys() & state.keys()) >= len(own):  # a whole task model, not a classifier
-            return load_pretrained(model, weights)  # read again, so errors name the file
+            return load_pretrained(model, state, source=weights)
     if weights:
         kwargs["weights"] = weights
     return _build_task_model(config, classes, in_chans, kwargs)

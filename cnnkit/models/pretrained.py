@@ -105,7 +105,10 @@ def _module_cfg(model: nn.Module) -> tuple[str | None, tuple[str, ...]]:
 
 
 def load_pretrained(
-    model: nn.Module, path_or_state: str | pathlib.Path | Mapping[str, torch.Tensor]
+    model: nn.Module,
+    path_or_state: str | pathlib.Path | Mapping[str, torch.Tensor],
+    *,
+    source: str | None = None,
 ) -> nn.Module:
     """Load pretrained weights into ``model``, adapting its classifier and first conv when they differ.
 
@@ -113,6 +116,8 @@ def load_pretrained(
         model: a model from :func:`cnnkit.create_model` (its ``default_cfg`` names the first conv and the
             classifier) or any module with the same parameter names as the checkpoint.
         path_or_state: a ``.pth``/``.pt`` torch checkpoint, a ``.safetensors`` file, or a state_dict.
+        source: what errors call the weights (default: the path, or ``"state_dict"``), e.g. the file a
+            state_dict was already read from.
 
     Returns:
         The same model, with weights loaded (in place).
@@ -123,10 +128,10 @@ def load_pretrained(
     """
     if isinstance(path_or_state, Mapping):
         state = dict(path_or_state)
-        source = "state_dict"
+        source = source or "state_dict"
     else:
         state = read_state_dict(path_or_state)
-        source = str(path_or_state)
+        source = source or str(path_or_state)
     own = model.state_dict()
     first_conv, head_prefixes = _module_cfg(model)
     conv_key = f"{first_conv}.weight" if first_conv else None

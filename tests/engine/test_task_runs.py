@@ -31,18 +31,21 @@ def yolo_run(tmp_path_factory):
     return out
 
 
+UNET_TRAIN = [
+    "train",
+    "task=segmentation",
+    "model=unet",
+    "data=mnist-seg",
+    "model_kwargs.base_channels=8",
+    *TINY,
+]
+"""`cnnkit train` of a tiny classic U-Net on MNIST-Seg (add `output_dir=`)."""
+
+
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("seg") / "run"
-    args = [
-        "train",
-        "task=segmentation",
-        "model=unet",
-        "data=mnist-seg",
-        "model_kwargs.base_channels=8",
-        *TINY,
-    ]
-    assert main([*args, f"output_dir={out}"]) == 0
+    assert main([*UNET_TRAIN, f"output_dir={out}"]) == 0
     return out
 
 
@@ -319,17 +322,9 @@ def test_weights_of_a_whole_task_model_initialise_every_layer(unet_run, tmp_path
     with pytest.raises(ConfigError, match=re.escape(f"weights in {best} do not fit UNet") + ".*head.weight"):
         build_model(config, ["a", "b"], 1, str(best))
     out = tmp_path / "next"
-    args = [
-        "train",
-        "task=segmentation",
-        "model=unet",
-        "data=mnist-seg",
-        "model_kwargs.base_channels=8",
-        *TINY,
-    ]
-    assert main([*args, "data.image_size=96", f"weights={best}", f"output_dir={out}"]) == 0
+    assert main([*UNET_TRAIN, "data.image_size=96", f"weights={best}", f"output_dir={out}"]) == 0
     assert (out / "best.safetensors").is_file()
-    assert main([*args, "data=shapes", f"weights={best}", f"output_dir={tmp_path / 'bad'}"]) == 2
+    assert main([*UNET_TRAIN, "data=shapes", f"weights={best}", f"output_dir={tmp_path / 'bad'}"]) == 2
     err = capsys.readouterr().err
     assert "do not fit UNet" in err and len(err.strip().splitlines()) == 1
 
