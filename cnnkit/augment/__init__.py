@@ -5,6 +5,7 @@ independent parameters per sample::
 
     params = t.sample(images, generator)
     images, targets = t.apply(images, targets, params)   # or: images, targets = t(images, targets, generator)
+    images = t(images, generator=generator)             # without targets a call returns the images alone
 
 Boxes and masks move with geometric transforms; boxes that leave the image are dropped (see
 :mod:`cnnkit.augment.base`).

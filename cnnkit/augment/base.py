@@ -3,7 +3,9 @@
 A transform sees a whole batch ``images (B, C, H, W)`` (``uint8`` in [0, 255] or floating in [0, 1], on any
 device) and draws independent parameters for every sample. ``params = t.sample(images, generator)`` draws
 them (on the CPU, from ``generator``, reading only the batch's shape), ``t.apply(images, targets, params)``
-uses them, so a run can be replayed or inspected; ``t(images, targets, generator)`` does both.
+uses them, so a run can be replayed or inspected; ``t(images, targets, generator)`` does both. A call
+returns what it was given, as ``torchvision.transforms.v2`` and kornia do: ``t(images)`` the images alone,
+``t(images, targets)`` the pair ``(images, targets)``; ``apply`` always returns the pair.
 
 Targets are either a label tensor for classification (``(B,)`` class indices or ``(B, K)`` soft labels), or
 a list of one dict per sample with ``labels (N,)``, ``boxes (N, 4)`` float ``xyxy`` in pixels, and optionally
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -63,12 +65,40 @@ class Transform(abc.ABC):
         """The ``(H, W)`` this transform produces from input size ``size`` (unchanged by default)."""
         return size
 
+    @overload
+    def __call__(
+        self, images: Tensor, targets: None = None, generator: torch.Generator | None = None
+    ) -> Tensor: ...
+
+    @overload
+    def __call__(
+        self, images: Tensor, targets: Tensor | list[Target], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor | list[Target]]: ...
+
     def __call__(
         self, images: Tensor, targets: Targets = None, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Targets]:
-        """Sample parameters and apply them; returns ``(images, targets)``."""
+    ) -> Tensor | tuple[Tensor, Targets]:
+        """Sample parameters and apply them; the images alone without targets, else ``(images, targets)``.
+
+        As ``torchvision.transforms.v2`` and kornia do, a call returns what it was given: ``t(images)``
+        returns the transformed images, ``t(images, targets)`` the pair. :meth:`apply` always returns the
+        pair, so that pipelines can pass targets along.
+
+        Args:
+            images: ``(B, C, H, W)`` uint8 or floating tensor.
+            targets: ``None``, a label tensor ``(B,)``/``(B, K)``, or a list of ``B`` target dicts.
+            generator: a CPU ``torch.Generator`` for reproducible draws (global RNG when ``None``).
+
+        Returns:
+            ``images`` when ``targets`` is ``None``, else ``(images, targets)``, transformed.
+
+        Shape:
+            - images: ``(B, C, H, W)`` -> ``(B, C, H', W')`` (``H', W'`` from :meth:`output_size`)
+            - targets: ``(B,)`` -> ``(B,)`` or soft ``(B, K)`` (MixUp, CutMix); ``B`` dicts stay ``B`` dicts
+        """
         check_batch(images, targets)
-        return self.apply(images, targets, self.sample(images, generator))
+        out, out_targets = self.apply(images, targets, self.sample(images, generator))
+        return out if targets is None else (out, out_targets)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -77,6 +107,9 @@ class Transform(abc.ABC):
 
 class Compose(Transform):
     """Apply transforms one after another; parameters are a list with one entry per transform.
+
+    Called like any transform: ``pipeline(images)`` returns the images, ``pipeline(images, targets)`` the
+    pair ``(images, targets)``.
 
     Args:
         transforms: the transforms, in order.

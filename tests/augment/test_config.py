@@ -25,7 +25,7 @@ def test_build_nested_pipeline():
     assert isinstance(t, Compose) and isinstance(t.transforms[0], RandomResizedCrop)
     assert t.transforms[0].scale == (0.5, 1.0) and isinstance(t.transforms[1], HorizontalFlip)
     assert isinstance(t.transforms[2], RandomApply) and t.transforms[2].p == 0.3
-    y, _ = t(torch.zeros(3, 3, 20, 20, dtype=torch.uint8), None, torch.Generator().manual_seed(0))
+    y = t(torch.zeros(3, 3, 20, 20, dtype=torch.uint8), None, torch.Generator().manual_seed(0))
     assert y.shape == (3, 3, 16, 16)
 
 
