@@ -1,7 +1,13 @@
 """Fast inference and export: conv-BatchNorm folding, channels_last, TorchScript and ONNX."""
 
 from cnnkit.export.blocks import FoldedConvNeXtBlock, inference_blocks
-from cnnkit.export.formats import export_onnx, export_torchscript, max_abs_diff, run_exported
+from cnnkit.export.formats import (
+    RELATIVE_TOLERANCE,
+    check_export,
+    export_onnx,
+    export_torchscript,
+    run_exported,
+)
 from cnnkit.export.fuse import FoldPair, find_fold_pairs, fold_batchnorm, fuse
 from cnnkit.export.optimize import (
     InferenceModel,
@@ -12,6 +18,7 @@ from cnnkit.export.optimize import (
 )
 
 __all__ = [
+    "RELATIVE_TOLERANCE",
     "FoldPair",
     "FoldedConvNeXtBlock",
     "InferenceModel",
@@ -22,8 +29,8 @@ __all__ = [
     "fold_batchnorm",
     "fuse",
     "inference_blocks",
-    "max_abs_diff",
     "best_call_times",
+    "check_export",
     "measure_channels_last",
     "optimize_for_inference",
     "run_exported",

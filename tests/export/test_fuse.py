@@ -48,7 +48,10 @@ def _is_large(name: str) -> bool:
     return card.params > 30e6 or card.macs > 6e9
 
 
-ZOO = [pytest.param(n, marks=pytest.mark.slow) if _is_large(n) else n for n in cnnkit.list_models()]
+ZOO = [
+    pytest.param(n, marks=pytest.mark.slow) if _is_large(n) else n
+    for n in cnnkit.list_models(task="classification")
+]
 
 
 def fuse_and_compare(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, float, bool]:
