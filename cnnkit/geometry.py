@@ -1,6 +1,6 @@
 """Convolution geometry as pure functions (no torch): the formulas of the CNN reference page.
 
-Source for every formula: the cnnkit reference page (``seed/cnn-reference.txt``), sections "Output Size
+Source for every formula: the "Convolutional Neural Networks" reference page, sections "Output Size
 Formula", "Stride and Padding", "Parameter Count", "Depthwise Separable Convolutions", "Receptive Field"
 and "EfficientNet", generalised where noted (dilation, groups, ``ceil_mode``) to the rules PyTorch uses.
 """

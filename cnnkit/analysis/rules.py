@@ -31,10 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnkit.analysis.field import (
-    Field,
+    MAX_PERIOD,
     MaybeField,
+    bins,
     broadcast,
+    constant_along,
     merge,
+    shifted,
     transposed_window,
     upsample,
     window,
@@ -161,21 +164,17 @@ def _pointwise(call: Call) -> MaybeField:
             _warn_global(call.op, "changes a spatial size and has no receptive-field rule")
             parts.append(f.made_global())
         else:
-            parts.append(broadcast(f, t.ndim, out.ndim))
+            spread = [a + offset for a in f.axes if t.shape[a] != out.shape[a + offset]]
+            parts.append(constant_along(broadcast(f, t.ndim, out.ndim), spread))
     return merge(parts)
-
-
-def _same(call: Call) -> MaybeField:
-    """Ops that keep the field of their first tensor argument (padding, cropping, dropout)."""
-    return call.field_of(call.tensors()[0])
 
 
 def _window_from_shapes(f: MaybeField, x: torch.Tensor, out: torch.Tensor, n: int) -> MaybeField:
     """Adaptive pools and shuffles, from the sizes they map: ``L -> O`` per spatial dim.
 
-    Output 1 on every spatial dim is global pooling. Otherwise an adaptive bin ``i`` covers
-    ``[floor(i*L/O), ceil((i+1)*L/O))``, so the equivalent kernel is the largest bin and the stride ``L/O``;
-    a growing size (pixel shuffle) is nearest upsampling.
+    Output 1 on every spatial dim is global pooling. Otherwise output ``i`` reads the adaptive bin
+    ``[floor(i*L/O), ceil((i+1)*L/O))`` (see :func:`~cnnkit.analysis.field.bins`), which is also what a pixel
+    shuffle (nearest upsampling) and unshuffle (a ``k = s`` window) read.
     """
     first = x.ndim - n
     sizes = [(x.shape[first + j], out.shape[first + j]) for j in range(n)]
@@ -183,12 +182,47 @@ def _window_from_shapes(f: MaybeField, x: torch.Tensor, out: torch.Tensor, n: in
         return f
     if all(o == 1 for _, o in sizes):
         return f.made_global(max(length for length, _ in sizes))
-    if all(o >= length for length, o in sizes):
-        return upsample(f, first, [Fraction(o, length) for length, o in sizes], "nearest")
-    kernels = [
-        max(math.ceil((i + 1) * length / o) - (i * length) // o for i in range(o)) for length, o in sizes
-    ]
-    return window(f, first, kernels, [Fraction(length, o) for length, o in sizes], [1] * n)
+    return bins(f, first, sizes)
+
+
+def _resize_field(
+    f: MaybeField,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    mode: str,
+    scale_factor: Any,
+    align_corners: bool | None,
+    recompute_scale_factor: bool | None,
+    antialias: bool = False,
+) -> MaybeField:
+    """``nn.Upsample`` / ``F.interpolate``: the source step PyTorch uses per output pixel, then
+    :func:`~cnnkit.analysis.field.upsample`; ``"area"`` is adaptive average pooling.
+
+    The step is ``(in-1)/(out-1)`` with ``align_corners``, ``1/scale_factor`` when a scale factor is given
+    and not recomputed, else ``in/out``.
+    """
+    n = out.ndim - 2
+    if mode == "area":
+        return bins(f, 2, [(x.shape[2 + j], out.shape[2 + j]) for j in range(n)])
+    scales = _ntuple(scale_factor, n) if scale_factor is not None and not recompute_scale_factor else None
+    ratio = []
+    for j in range(n):
+        length, size = x.shape[2 + j], out.shape[2 + j]
+        if align_corners:
+            ratio.append(Fraction(length - 1, size - 1) if size > 1 else Fraction(0))
+        elif scales is not None:
+            ratio.append(1 / Fraction(float(scales[j])).limit_denominator(MAX_PERIOD))
+        else:
+            ratio.append(Fraction(length, size))
+    return upsample(f, 2, ratio, mode, bool(align_corners), bool(antialias))
+
+
+def _padded(f: MaybeField, ndim: int, pad: Sequence[int]) -> MaybeField:
+    """``F.pad`` and padding modules: ``pad`` lists ``(before, after)`` from the last dim backwards; ``before``
+    pixels of padding shift the units (a negative value crops)."""
+    for j in range(len(pad) // 2):
+        f = shifted(f, ndim - 1 - j, -int(pad[2 * j]))
+    return f
 
 
 def _spatial_rank(module: nn.Module) -> int:
@@ -285,8 +319,9 @@ def _einsum_letters(spec: str, ndim: int) -> list[str]:
 
 
 def _getitem_field(call: Call, x: Any, index: Any) -> MaybeField:
-    """Indexing: a tuple element keeps the tuple's field; slices keep axes (a step multiplies the jump), an
-    integer index drops its dim (dropping a spatial axis is global), ``None`` inserts one."""
+    """Indexing: a tuple element keeps the tuple's field; a slice keeps its axis (its start shifts the units, a
+    step strides them), an integer index drops its dim (dropping a spatial axis is global), ``None`` inserts
+    one."""
     f = call.field_of(x)
     if not isinstance(x, torch.Tensor) or f is None or f.is_global:
         return f
@@ -299,20 +334,19 @@ def _getitem_field(call: Call, x: Any, index: Any) -> MaybeField:
         expanded.extend([slice(None)] * (x.ndim - consumed) if i is Ellipsis else [i])
     expanded.extend([slice(None)] * (x.ndim - sum(i is not None for i in expanded)))
     new_dim, in_dim, where = 0, 0, {}
-    jumps = dict(zip(f.axes, f.jump))
     for i in expanded:
         if i is None:
             new_dim += 1
             continue
         if isinstance(i, slice):
             where[in_dim] = new_dim
-            if in_dim in jumps and i.step not in (None, 1):
-                jumps[in_dim] = jumps[in_dim] * i.step
+            start, _, step = i.indices(x.shape[in_dim])
+            f = shifted(f, in_dim, start, step)
             new_dim += 1
         elif in_dim in f.axes:
             return f.made_global()
         in_dim += 1
-    return Field(f.rf, tuple(jumps[a] for a in f.axes), tuple(where[a] for a in f.axes))
+    return f.moved(where[a] for a in f.axes)
 
 
 def _permute_field(f: MaybeField, order: Sequence[int]) -> MaybeField:
@@ -387,11 +421,12 @@ def _module_effect(call: Call) -> Effect:
     f = call.field_of(x)
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
         n = len(m.kernel_size)
-        field_ = transposed_window(f, x.ndim - n, m.kernel_size, m.stride, m.dilation)
+        field_ = transposed_window(f, x.ndim - n, m.kernel_size, m.stride, m.dilation, m.padding)
         return Effect(field_, x.numel() * m.weight[0].numel())
     if isinstance(m, nn.modules.conv._ConvNd):
         n = len(m.kernel_size)
-        return Effect(window(f, x.ndim - n, m.kernel_size, m.stride, m.dilation), _conv_macs(out, m.weight))
+        field_ = window(f, x.ndim - n, m.kernel_size, m.stride, m.dilation, m.padding)
+        return Effect(field_, _conv_macs(out, m.weight))
     if isinstance(
         m, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._LPPoolNd)
     ):
@@ -399,15 +434,19 @@ def _module_effect(call: Call) -> Effect:
         kernel = _ntuple(m.kernel_size, n)
         stride = _ntuple(m.stride or m.kernel_size, n)
         dilation = _ntuple(getattr(m, "dilation", 1), n)
-        return Effect(window(f, x.ndim - n, kernel, stride, dilation), 0, out.numel() * math.prod(kernel))
+        padding = _ntuple(getattr(m, "padding", 0), n)
+        field_ = window(f, x.ndim - n, kernel, stride, dilation, padding)
+        return Effect(field_, 0, out.numel() * math.prod(kernel))
     if isinstance(m, (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)):
         return Effect(_window_from_shapes(f, x, out, _spatial_rank(m)), 0, x.numel())
     if isinstance(m, (nn.PixelShuffle, nn.PixelUnshuffle)):
         return Effect(_window_from_shapes(f, x, out, 2))
     if isinstance(m, nn.Upsample):
-        n = out.ndim - 2
-        scale = [Fraction(out.shape[2 + j], x.shape[2 + j]) for j in range(n)]
-        return Effect(upsample(f, 2, scale, m.mode), 0, out.numel())
+        return Effect(
+            _resize_field(f, x, out, m.mode, m.scale_factor, m.align_corners, m.recompute_scale_factor),
+            0,
+            out.numel(),
+        )
     if isinstance(m, nn.Linear):
         return Effect(_last_dim_reads(f, x.ndim), out.numel() * m.in_features)
     if isinstance(m, nn.Bilinear):
@@ -424,7 +463,7 @@ def _module_effect(call: Call) -> Effect:
     if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
         return Effect(_reduce_field(f, x.ndim, m.dim, keepdim=True), 0, out.numel())
     if type(m).__module__ == "torch.nn.modules.padding":
-        return Effect(f)
+        return Effect(_padded(f, x.ndim, m.padding))
     return Effect(_pointwise(call))
 
 
@@ -435,7 +474,7 @@ def _pool_effect(call: Call, names: Sequence[str], dilation_name: str | None) ->
     kernel = _ntuple(a["kernel_size"], n)
     stride = _ntuple(a["stride"] or a["kernel_size"], n)
     dilation = _ntuple(a[dilation_name], n) if dilation_name else (1,) * n
-    f = window(call.field_of(x), x.ndim - n, kernel, stride, dilation)
+    f = window(call.field_of(x), x.ndim - n, kernel, stride, dilation, _ntuple(a["padding"], n))
     return Effect(f, 0, out.numel() * math.prod(kernel))
 
 
@@ -444,6 +483,15 @@ _CONV_T = ("input", "weight", "bias", "stride", "padding", "output_padding", "gr
 _MAX_POOL = ("input", "kernel_size", "stride", "padding", "dilation")
 _AVG_POOL = ("input", "kernel_size", "stride", "padding")
 _LP_POOL = ("input", "norm_type", "kernel_size", "stride")
+_INTERPOLATE = (
+    "input",
+    "size",
+    "scale_factor",
+    "mode",
+    "align_corners",
+    "recompute_scale_factor",
+    "antialias",
+)
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "norm", "logsumexp", "nansum",
                "nanmean", "argmax", "argmin", "all", "any", "median", "std_mean", "var_mean"}  # fmt: skip
 _SOFTMAX = {"softmax", "log_softmax", "softmin", "cumsum", "cumprod", "cummax", "cummin"}
@@ -455,18 +503,18 @@ def _function_effect(call: Call) -> Effect:
     x = tensors[0] if tensors else None
     f = call.field_of(x) if x is not None else None
     if re.fullmatch(r"conv[123]d", op):
-        a = call.bind(_CONV, {"stride": 1, "dilation": 1})
+        a = call.bind(_CONV, {"stride": 1, "dilation": 1, "padding": 0})
         w = a["weight"]
         n = w.ndim - 2
-        field_ = window(f, x.ndim - n, w.shape[2:], _ntuple(a["stride"], n), _ntuple(a["dilation"], n))
-        return Effect(field_, _conv_macs(out, w))
+        padding = a["padding"] if isinstance(a["padding"], str) else _ntuple(a["padding"], n)
+        stride, dilation = _ntuple(a["stride"], n), _ntuple(a["dilation"], n)
+        return Effect(window(f, x.ndim - n, w.shape[2:], stride, dilation, padding), _conv_macs(out, w))
     if re.fullmatch(r"conv_transpose[123]d", op):
-        a = call.bind(_CONV_T, {"stride": 1, "dilation": 1})
+        a = call.bind(_CONV_T, {"stride": 1, "dilation": 1, "padding": 0})
         w = a["weight"]
         n = w.ndim - 2
-        field_ = transposed_window(
-            f, x.ndim - n, w.shape[2:], _ntuple(a["stride"], n), _ntuple(a["dilation"], n)
-        )
+        stride, dilation, padding = (_ntuple(a[k], n) for k in ("stride", "dilation", "padding"))
+        field_ = transposed_window(f, x.ndim - n, w.shape[2:], stride, dilation, padding)
         return Effect(field_, x.numel() * w[0].numel())
     if re.fullmatch(r"max_pool[123]d(_with_indices)?", op):
         return _pool_effect(call, _MAX_POOL, "dilation")
@@ -479,11 +527,22 @@ def _function_effect(call: Call) -> Effect:
     if op in ("pixel_shuffle", "pixel_unshuffle"):
         return Effect(_window_from_shapes(f, x, out, 2))
     if op in ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear"):
-        mode = {"upsample_nearest": "nearest", "upsample_bilinear": "bilinear"}.get(op)
-        mode = mode or call.bind(("input", "size", "scale_factor", "mode"), {"mode": "nearest"})["mode"]
-        n = out.ndim - 2
-        scale = [Fraction(out.shape[2 + j], x.shape[2 + j]) for j in range(n)]
-        return Effect(upsample(f, 2, scale, mode), 0, out.numel())
+        a = call.bind(_INTERPOLATE, {"scale_factor": None, "mode": "nearest", "align_corners": None})
+        # F.upsample_bilinear is interpolate(mode="bilinear", align_corners=True)
+        mode, corners = {"upsample_nearest": ("nearest", None), "upsample_bilinear": ("bilinear", True)}.get(
+            op, (a["mode"], a["align_corners"])
+        )
+        field_ = _resize_field(
+            f,
+            x,
+            out,
+            mode,
+            a["scale_factor"],
+            corners,
+            a.get("recompute_scale_factor"),
+            a.get("antialias", False),
+        )
+        return Effect(field_, 0, out.numel())
     if op == "linear":
         w = call.bind(("input", "weight"), {})["weight"]
         return Effect(_last_dim_reads(f, x.ndim), out.numel() * w.shape[-1])
@@ -528,7 +587,13 @@ def _function_effect(call: Call) -> Effect:
         return Effect(_cat_field(call, a["tensors"], a["dim"], new_dim=op == "stack"))
     if op == "getitem":
         return Effect(_getitem_field(call, call.args[0], call.args[1]))
-    if op in ("chunk", "split", "unbind", "pad", "narrow", "roll", "flip", "contiguous", "clone", "detach"):
+    if op == "pad":
+        return Effect(_padded(f, x.ndim, call.bind(("input", "pad"), {})["pad"]))
+    if op == "narrow":
+        a = call.bind(("input", "dim", "start", "length"), {})
+        dim = _dim(a["dim"], x.ndim)
+        return Effect(shifted(f, dim, int(a["start"]) % x.shape[dim]))
+    if op in ("chunk", "split", "unbind", "roll", "flip", "contiguous", "clone", "detach"):
         return Effect(f)
     if op in ("squeeze", "unsqueeze"):
         return Effect(reshape_field(f, x.shape, out.shape))

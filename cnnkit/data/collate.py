@@ -28,14 +28,3 @@ def collate_detection(
     if images and all(image.shape == images[0].shape for image in images):
         return torch.stack(images), targets
     return images, targets
-
-
-def collate_classification(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch classification items ``(image, label)`` into an image tensor and an int64 label tensor.
-
-    Shape:
-        images: ``(B, C, H, W)``; labels: ``(B,)``.
-    """
-    images = torch.stack([item[0] for item in batch])
-    labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.int64)
-    return images, labels

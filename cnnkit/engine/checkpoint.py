@@ -110,16 +110,6 @@ def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in meta.items()}
 
 
-def load_weights(path: str | pathlib.Path, model: nn.Module, strict: bool = True) -> dict[str, Any]:
-    """Load safetensors weights into ``model``; returns the file's metadata."""
-    from safetensors.torch import load_file
-
-    meta = read_metadata(path)
-    target = getattr(model, "module", model)
-    target.load_state_dict(load_file(str(path), device="cpu"), strict=strict)
-    return meta
-
-
 def save_checkpoint(
     run_dir: str | pathlib.Path,
     model: StateOrModel,

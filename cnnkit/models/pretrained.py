@@ -19,15 +19,12 @@ import math
 import pathlib
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from cnnkit.errors import ConfigError, DataError, did_you_mean
-
-if TYPE_CHECKING:
-    from cnnkit.models.registry import ModelCard
+from cnnkit.models.card import ModelCard
 
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 

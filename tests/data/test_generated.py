@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torchvision.ops import box_iou
 
 from cnnkit.data import (
@@ -12,7 +12,6 @@ from cnnkit.data import (
     MNISTDetection,
     MNISTSegmentation,
     Shapes,
-    collate_classification,
     collate_detection,
 )
 from cnnkit.errors import DataError
@@ -128,6 +127,7 @@ def test_collate_with_dataloader():
     mixed = [(torch.zeros(1, 4, 4, dtype=torch.uint8), {}), (torch.zeros(1, 5, 4, dtype=torch.uint8), {})]
     images, targets = collate_detection(mixed)
     assert isinstance(images, list) and [tuple(i.shape) for i in images] == [(1, 4, 4), (1, 5, 4)]
-    images, labels = collate_classification([MNIST5k("test")[i] for i in range(4)])
+    # Classification items (image, int label) need no collate of their own: torch's default stacks them.
+    images, labels = default_collate([MNIST5k("test")[i] for i in range(4)])
     assert images.shape == (4, 1, 32, 32) and labels.dtype == torch.int64
     assert labels.tolist() == MNIST5k("test").labels[:4].tolist()
