@@ -18,7 +18,7 @@ import collections
 import torch
 
 from cnnkit.data import MNISTSegmentation
-from cnnkit.engine.datasets import GENERATED_SEEDS
+from cnnkit.data.sources import GENERATED_SEEDS
 from cnnkit.engine.run import load_run_model
 from cnnkit.tasks.images import channel_stats, normalize_images
 

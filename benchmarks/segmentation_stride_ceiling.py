@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.data import MNISTSegmentation
-from cnnkit.engine.datasets import GENERATED_SEEDS
+from cnnkit.data.sources import GENERATED_SEEDS
 from cnnkit.tasks.segmentation import confusion_matrix, miou, pixel_accuracy
 
 NUM_CLASSES = len(MNISTSegmentation.classes) + 1  # the ten digits and the background

@@ -127,8 +127,8 @@ TASK_MODELS = [
 
 @pytest.mark.parametrize(("task", "name"), TASK_MODELS)
 def test_task_model_stages_are_its_backbone_classifiers(task, name):
+    from cnnkit.engine.build import build_model
     from cnnkit.engine.config import TrainConfig
-    from cnnkit.engine.run import build_model
 
     torch.manual_seed(0)
     model = build_model(TrainConfig(task=task, model=name, backbone="resnet18"), ["a", "b"], 3)
@@ -148,7 +148,7 @@ def test_task_model_stages_are_its_backbone_classifiers(task, name):
 
 
 def test_progressive_unfreezing_of_a_segmenter_walks_its_backbone():
-    from cnnkit.tasks.segmentation import create_model
+    from cnnkit import create_model
 
     model = create_model("unet", num_classes=3, backbone="resnet18")
     transfer.set_trainable(model.backbone, False)
@@ -164,7 +164,7 @@ def test_progressive_unfreezing_of_a_segmenter_walks_its_backbone():
 
 
 def test_a_model_without_a_backbone_classifier_has_no_stages():
-    from cnnkit.tasks.segmentation import create_model
+    from cnnkit import create_model
 
     with pytest.raises(cnnkit.ConfigError, match="no backbone classifier"):
         transfer.stage_names(create_model("unet", num_classes=3))

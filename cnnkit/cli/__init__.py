@@ -20,7 +20,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cnnkit.errors import CnnkitError
 
-SUBCOMMANDS: tuple[str, ...] = ("models", "summary", "train", "eval", "predict", "augment", "export")
+SUBCOMMANDS: tuple[str, ...] = (
+    "models",
+    "summary",
+    "train",
+    "recipes",
+    "eval",
+    "predict",
+    "augment",
+    "export",
+)
 
 
 class _Parser(argparse.ArgumentParser):

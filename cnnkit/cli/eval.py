@@ -19,6 +19,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    parser.add_argument(
+        "data",
+        nargs="?",
+        metavar="data=NAME",
+        help="evaluate on another dataset of the run's task (e.g. data=coco:PATH; its val split)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--output",
@@ -28,30 +34,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def evaluate_checkpoint(path: str) -> dict:
-    """The metrics of :func:`cnnkit.engine.run.evaluate`, plus ``task``."""
-    from cnnkit.engine.run import evaluate
-
-    metrics, _, config = evaluate(path)
-    metrics["task"] = config.task
-    return metrics
-
-
 def run(args: argparse.Namespace) -> int:
-    """Print the metrics table (or JSON); write PR curves for detection."""
-    from cnnkit.engine.run import resolve_checkpoint
+    """Print the metrics table (or JSON); write the task's metric plots (PR curves for detection)."""
+    from cnnkit.engine.checkpoint import read_metadata
+    from cnnkit.engine.config import config_from_dict
+    from cnnkit.engine.build import task_class
+    from cnnkit.engine.inference import evaluate, resolve_checkpoint
+    from cnnkit.errors import ConfigError
 
-    metrics = evaluate_checkpoint(args.checkpoint)
-    if "pr_curves" in metrics:
-        from cnnkit.tasks.detection.metrics import plot_pr_curves
-
-        out = (
-            pathlib.Path(args.output) if args.output else resolve_checkpoint(args.checkpoint).parent / "eval"
-        )
-        metrics["pr_curves_png"] = str(plot_pr_curves(metrics, out / "pr_curves.png"))
-        if "mask_pr_curves" in metrics:
-            masks = {k[len("mask_") :]: v for k, v in metrics.items() if k.startswith("mask_")}
-            metrics["mask_pr_curves_png"] = str(plot_pr_curves(masks, out / "mask_pr_curves.png"))
+    data = None
+    if args.data is not None:
+        key, sep, data = args.data.partition("=")
+        if key != "data" or not sep or not data:
+            raise ConfigError(f"expected data=NAME after the run, e.g. data=coco:PATH; got {args.data!r}")
+    metrics = evaluate(args.checkpoint, data=data)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    out = pathlib.Path(args.output) if args.output else checkpoint.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    meta = read_metadata(checkpoint)
+    task = task_class(config_from_dict(meta["config"]))(None, meta["classes"], (0.0,), (1.0,))
+    for path in task.plot_metrics(metrics, out):
+        metrics[f"{path.stem}_png"] = str(path)
     if args.json:
         print(json.dumps(metrics))
         return 0
@@ -61,13 +64,15 @@ def run(args: argparse.Namespace) -> int:
         table = _detection_table
     elif "miou" in metrics:
         table = _segmentation_table
-    else:
+    elif "confusion" in metrics:
         table = _classification_table
+    else:
+        table = _scalar_table
     rich_table, summary = table(args.checkpoint, metrics)
     console().print(rich_table)
     print(summary)
-    for key in ("pr_curves_png", "mask_pr_curves_png"):
-        if key in metrics:
+    for key in metrics:
+        if key.endswith("_png"):
             print(metrics[key])
     return 0
 
@@ -85,6 +90,19 @@ def _classification_table(title: str, metrics: dict):
         table,
         f"accuracy {metrics['accuracy']:.4f}   top-5 {metrics['top5']:.4f}   loss {metrics['loss']:.4f}",
     )
+
+
+def _scalar_table(title: str, metrics: dict):
+    """Any other task's metrics: one row per number."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    for key, value in numbers.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table, "   ".join(f"{k} {v:.4f}" for k, v in numbers.items() if isinstance(v, float))
 
 
 def _ap(value: float) -> str:

@@ -3,9 +3,11 @@
 The target is a ``cnnkit train`` run directory or ``.safetensors`` checkpoint (anything containing a path
 separator or ending in ``.safetensors`` is taken as a path), or else a registered model name (random
 initialisation, or ``--weights FILE``). The eval model is fused (:func:`cnnkit.export.fuse`), exported,
-and the written file is run (onnxruntime / ``torch.jit.load``) on a random sample and compared with the
-unfused PyTorch model: the max absolute difference is printed, and past ``TOLERANCE`` the command fails
-with exit code 1.
+and the written file is run (onnxruntime / ``torch.jit.load``) on a standard-normal sample and compared
+with the unfused PyTorch model by :func:`cnnkit.export.check_export`: the relative error
+``max |file - PyTorch| / max |PyTorch|`` is printed with the tolerance, and past ``TOLERANCE`` the command
+fails with exit code 1. A model whose outputs are all zero on the sample cannot be checked (any file
+would match): that is one line on stderr and exit code 2, like other bad input; the file stays written.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import torch
 from torch import nn
 
 from cnnkit.errors import ConfigError, DataError
+from cnnkit.export.formats import RELATIVE_TOLERANCE
 
-TOLERANCE = 1e-4
-"""Largest accepted absolute difference between the exported file and PyTorch."""
+TOLERANCE = RELATIVE_TOLERANCE
+"""Largest accepted relative error between the exported file and PyTorch (measurements: the source)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,6 +64,15 @@ def is_checkpoint_path(target: str) -> bool:
     )
 
 
+def _check_exportable(card) -> None:
+    """Refuse a model whose card says it cannot be exported (two-stage detectors)."""
+    if not card.extra.get("exportable", True):
+        raise ConfigError(
+            f"{card.name} cannot be exported: its proposal selection (top-k, NMS, RoI sampling) depends on "
+            "the data; export a yolo or segmentation model, or run it in PyTorch"
+        )
+
+
 def load_export_target(
     target: str, weights: str | None, input_size: tuple[int, int, int] | None
 ) -> tuple[nn.Module, str, tuple[int, int, int]]:
@@ -71,30 +83,22 @@ def load_export_target(
         ConfigError: an unknown model name, ``--weights`` with a checkpoint, or an input below the
             model's minimum size.
     """
-    from cnnkit.models.registry import create_model, model_card
+    from cnnkit.tasks import create_model, model_card
 
     if is_checkpoint_path(target):
-        from cnnkit.engine.run import load_run_model
+        from cnnkit.engine.build import task_class
+        from cnnkit.engine.inference import load_run_model
 
         if weights is not None:
             raise ConfigError("--weights goes with a model name; a checkpoint already holds its weights")
         model, meta, config = load_run_model(target)
-        if config.model in ("faster_rcnn", "mask_rcnn"):
-            raise ConfigError(
-                f"{config.model} cannot be exported: its proposal selection (top-k, NMS, RoI sampling) depends on "
-                "the data; export a yolo or segmentation model, or run it in PyTorch"
-            )
+        _check_exportable(model_card(config.model))
         stem = pathlib.Path(target).resolve().name.removesuffix(".safetensors")
         size = input_size or (meta["input"]["channels"], meta["input"]["size"], meta["input"]["size"])
-        from cnnkit.engine.run import DEFAULT_BACKBONE
-
-        detector_backbone = config.backbone or (DEFAULT_BACKBONE if config.task == "detection" else None)
-        card_name = config.model if config.task == "classification" else detector_backbone
-        if card_name is None:
-            return model, stem, size
-        card = model_card(card_name)
+        card = model_card(task_class(config).weights_card(config) or config.model)
     else:
         card = model_card(target)
+        _check_exportable(card)
         size = input_size or card.input_size
         kwargs = {"in_chans": size[0]} if size[0] != card.input_size[0] else {}
         model, stem = create_model(target, weights=weights, **kwargs).eval(), target
@@ -107,9 +111,14 @@ def load_export_target(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export, check, print the file and the max abs difference; exit 1 past :data:`TOLERANCE`."""
+    """Export, check, print the file and the relative error; exit 1 past :data:`TOLERANCE`.
+
+    Raises:
+        ConfigError: (besides bad options) the model's outputs are all zero on the sample, so the file
+            cannot be checked (:func:`cnnkit.export.check_export`).
+    """
     from cnnkit.cli.summary import parse_input_size
-    from cnnkit.export import export_onnx, export_torchscript, fuse, max_abs_diff
+    from cnnkit.export import check_export, export_onnx, export_torchscript, fuse
     from cnnkit.export.formats import SUFFIXES
 
     input_size = parse_input_size(args.input) if args.input is not None else None
@@ -131,15 +140,17 @@ def run(args: argparse.Namespace) -> int:
         export_onnx(fused, output, samples[0], opset=args.opset, dynamic_batch=args.dynamic_batch)
     else:
         export_torchscript(fused, output, samples[0])
-    diff = max_abs_diff(output, model, samples)
     batch = "dynamic" if args.dynamic_batch else 1
     print(f"wrote {output} ({args.format}, input {'x'.join(map(str, size))}, batch {batch})")
+    error = check_export(output, model, samples)
     print(
-        f"max abs diff vs PyTorch: {diff:.3g} (batch {', '.join(map(str, batches))}; tolerance {TOLERANCE:g})"
+        f"relative error vs PyTorch: {error:.3g} (max |file - PyTorch| / max |PyTorch|, batch "
+        f"{', '.join(map(str, batches))}; tolerance {TOLERANCE:g})"
     )
-    if not diff <= TOLERANCE:
+    if not error <= TOLERANCE:
         print(
-            f"cnnkit export: error: {output} differs from the PyTorch model by {diff:.3g} > {TOLERANCE:g}",
+            f"cnnkit export: error: {output} differs from the PyTorch model: relative error {error:.3g} > "
+            f"{TOLERANCE:g}",
             file=sys.stderr,
         )
         return 1

@@ -15,7 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a model (default: LeNet-5 on the bundled MNIST-5k)",
         description=(
             "Train a model. With no arguments: LeNet-5 on the bundled MNIST-5k (about a minute on a CPU). "
-            "Settings come from defaults, then an optional YAML file, then key=value overrides, e.g. "
+            "Settings come from defaults, then a shipped recipe (recipe=NAME, or the one of the run's model "
+            "and data; recipe=none for none; see `cnnkit recipes`), then an optional YAML file, then "
+            "key=value overrides, e.g. "
             "`cnnkit train model=resnet18 data=imagefolder:PATH epochs=5 optim.lr=0.01`. Prints the final "
             "test accuracy and, on the last line, the run directory."
         ),
@@ -54,25 +56,6 @@ def run(args: argparse.Namespace) -> int:
         result = resume(pathlib.Path(args.resume), overrides)
     else:
         result = train(load_config(config_path, overrides))
-    print(result_line(result.metrics, result.best, result.seconds))
-    print(result.run_dir)
+    print(f"{result.summary}, in {result.seconds:.1f} s")
+    print(result.dir)
     return 0
-
-
-def result_line(metrics: dict, best: float | None, seconds: float) -> str:
-    """One line with a run's final validation metrics (per task) and the best value of its chosen metric."""
-    best_text = f" (best {best:.4f})" if best is not None else ""
-    if "accuracy" in metrics:
-        head = f"test accuracy {metrics['accuracy']:.4f}{best_text}, top-5 {metrics['top5']:.4f}"
-    elif "mask_map" in metrics:
-        head = (
-            f"mask mAP {metrics['mask_map']:.4f}{best_text}, mask mAP@.5 {metrics['mask_map50']:.4f}, "
-            f"box mAP@.5 {metrics['map50']:.4f}"
-        )
-    elif "map" in metrics:
-        head = f"mAP@[.5:.95] {metrics['map']:.4f}{best_text}, mAP@.5 {metrics['map50']:.4f}"
-    elif "miou" in metrics:
-        head = f"mIoU {metrics['miou']:.4f}{best_text}, Dice {metrics['dice']:.4f}"
-    else:
-        head = "finished"
-    return f"{head}, in {seconds:.1f} s"

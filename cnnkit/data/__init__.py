@@ -1,5 +1,5 @@
 """Datasets and file formats: classification folders, bundled MNIST-5k, COCO / YOLO / VOC detection,
-mask folders, generated MNIST-Det / MNIST-Seg / Shapes sets, and collate functions.
+mask folders, generated MNIST-Det / MNIST-Seg / Shapes sets, and the collate function for detection targets.
 
 Images are uint8 ``(C, H, W)``; a detection target is ``{"labels": int64 (N,), "boxes": float32 (N, 4)}``
 with boxes ``xyxy`` in pixels; instance masks are ``masks`` uint8 ``(N, H, W)``, a semantic map is ``mask``
@@ -9,7 +9,7 @@ int64 ``(H, W)`` with ``0`` background and ``c + 1`` for class ``c``.
 from cnnkit.data.annotated import AnnotatedImages, ImageRecord
 from cnnkit.data.classification import ImageFolder, MNIST5k, mnist5k_split_indices
 from cnnkit.data.coco import COCODataset, read_coco, write_coco
-from cnnkit.data.collate import collate_classification, collate_detection
+from cnnkit.data.collate import collate_detection
 from cnnkit.data.generated import MNISTDetection, MNISTSegmentation, Shapes
 from cnnkit.data.image_io import DEFAULT_MAX_PIXELS, CorruptImageError, image_size, read_image, write_png
 from cnnkit.data.masks import MaskFolder, read_mask, write_mask_folder
@@ -34,7 +34,6 @@ __all__ = [
     "YOLODataset",
     "check_boxes",
     "check_labels",
-    "collate_classification",
     "collate_detection",
     "detection_statistics",
     "image_size",

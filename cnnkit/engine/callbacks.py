@@ -242,3 +242,30 @@ class ProgressiveUnfreezing(Callback):
         count = min(trainer.epoch // self.every, len(self.initially_frozen or []))
         if count:
             transfer.unfreeze(trainer.model, self.initially_frozen[:count])
+
+
+class PlotsCallback(Callback):
+    """Write a run's plots when it ends: ``curves.png`` (losses and the chosen metric per epoch), the
+    task's metric plots (:meth:`~cnnkit.tasks.base.Task.plot_metrics`: confusion matrix, PR curves) and
+    ``predictions.png`` (:meth:`~cnnkit.tasks.base.Task.plot_predictions` on the validation data).
+
+    Args:
+        run_dir: where the PNGs go.
+        metric: the metric plotted beside the losses.
+    """
+
+    def __init__(self, run_dir: pathlib.Path, metric: str) -> None:
+        self.run_dir = pathlib.Path(run_dir)
+        self.metric = metric
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if not trainer.is_main or not trainer.history:
+            return
+        from cnnkit.tasks import plots
+
+        plots.plot_curves(trainer.history, self.run_dir / "curves.png", self.metric)
+        trainer.task.plot_metrics(trainer.metrics, self.run_dir)
+        val_data = getattr(trainer.val_loader, "dataset", None)
+        if val_data is not None and len(val_data):
+            model = trainer.eval_model.eval()
+            trainer.task.plot_predictions(model, val_data, trainer.device, self.run_dir / "predictions.png")

@@ -1,7 +1,8 @@
 """Run configuration: dataclasses, YAML files and ``key=value`` overrides.
 
-A run is described by one :class:`TrainConfig`. It is built from defaults, then a YAML file, then command
-line overrides (``epochs=5 optim.lr=0.01 data=imagefolder:PATH``), in that order. Unknown or mistyped keys
+A run is described by one :class:`TrainConfig`. It is built from defaults, then a shipped recipe
+(``recipe=NAME``, or the one whose model and data the run names: :mod:`cnnkit.engine.recipes`), then a YAML
+file, then command line overrides (``epochs=5 optim.lr=0.01 data=imagefolder:PATH``), in that order. Unknown or mistyped keys
 raise :class:`~cnnkit.errors.ConfigError` naming the key and the closest valid one; values are checked
 against the field's type. The resolved configuration is saved as ``config.yaml`` in the run directory, and
 loading that file gives the same configuration back.
@@ -9,6 +10,7 @@ loading that file gives the same configuration back.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pathlib
 import types
@@ -84,13 +86,21 @@ class TransferConfig:
 class TrainConfig:
     """Everything one training run needs. Defaults train LeNet-5 on the bundled MNIST-5k.
 
-    ``task``: ``classification``, ``detection`` (``model``: ``yolo`` or ``faster_rcnn`` on a ``backbone``) or
-    ``segmentation`` (``unet``, ``fcn``, ``deeplabv3``, ``mask_rcnn``); see :mod:`cnnkit.engine.datasets` for
-    the ``data`` each task reads.
+    ``task``: a registered task (``classification``, ``detection``, ``segmentation``,
+    ``instance_segmentation``; ``cnnkit models --task``), and ``model`` a registered model of it (``yolo`` or
+    ``faster_rcnn`` on a ``backbone``; ``unet``, ``fcn``, ``deeplabv3``, ``mask_rcnn``...). Left unset, the
+    task is the model's and the model the task's default (:func:`resolve`); see
+    :mod:`cnnkit.data.sources` for the ``data`` each task reads.
+    ``recipe``: a shipped recipe whose settings are the defaults (``None``: the recipe of the run's model and
+    data, if one is shipped; ``none``: no recipe). ``pretrain``: the config of a run trained first, whose
+    best checkpoint becomes ``weights`` (encoder pretraining). ``phases``: later stretches of the run, each
+    ``{epochs: N, ...}`` changing ``data`` / ``optim`` / ``schedule`` keys (progressive resizing:
+    ``[{epochs: 3, data.image_size: 128, optim.lr: 0.001}]``), with the optimiser and schedule restarted.
     """
 
-    task: str = "classification"
-    model: str = "lenet5"
+    task: str | None = None
+    model: str | None = None
+    recipe: str | None = None
     backbone: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     task_kwargs: dict[str, Any] = field(
@@ -99,10 +109,10 @@ class TrainConfig:
     weights: str | None = None
     num_classes: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    augment: list[Any] | None = (
-        None  # None: the task's default (cnnkit.engine.run.DEFAULT_AUGMENT); [] for none
-    )
+    augment: list[Any] | None = None  # None: the task's default (Task.default_augment); [] for none
     epochs: int = 12
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    phases: list[dict[str, Any]] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
@@ -195,10 +205,21 @@ def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
         return
     if rest:
         if isinstance(current, dict):
-            setattr(obj, head, {**current, **_nest(rest, value)})
+            setattr(obj, head, _merge(current, _nest(rest, value)))
             return
         raise ConfigError(f"{full} has no sub-key {rest!r}")
     setattr(obj, head, _coerce(value, hints[head], full))
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``update``, mappings merged key by key (``pretrain.data.train_size=64`` keeps
+    ``pretrain.data``'s other keys)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = _merge(out[key], value)
+        out[key] = value
+    return out
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
@@ -222,36 +243,89 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(
-    path: str | pathlib.Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> TrainConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides.
+def read_config_file(path: str | pathlib.Path) -> dict[str, Any]:
+    """The mapping of config keys in a YAML file.
 
     Raises:
-        ConfigError: unreadable YAML, unknown keys (with the closest valid key) or values of the wrong type.
+        ConfigError: unreadable YAML or not a mapping. FileNotFoundError: ``path`` does not exist.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "No such config file", str(path))
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return loaded
+
+
+def load_config(
+    path: str | pathlib.Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    values: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults, then the run's recipe, then the YAML file at ``path`` (if any), then ``values`` (a mapping
+    of keys, dotted or nested, as the Python API takes them), then ``key=value`` overrides; resolved and
+    checked.
+
+    The recipe is ``recipe=NAME`` if given, else the shipped recipe of the run's model and data, if any
+    (``recipe=none``: no recipe); see :mod:`cnnkit.engine.recipes`.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys (with the closest valid key), values of the wrong type, an
+            unknown recipe, task or model.
         FileNotFoundError: ``path`` does not exist.
     """
-    config = TrainConfig()
+    from cnnkit.engine import recipes
+
+    layers: list[dict[str, Any]] = []
     if path is not None:
-        path = pathlib.Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(2, "No such config file", str(path))
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        config = config_from_dict(loaded)
-    for text in overrides:
-        key, value = parse_override(text)
-        _set(config, key, value)
+        layers.append(read_config_file(path))
+    if values:
+        layers.append(dict(values))
+    layers.append(dict(parse_override(text) for text in overrides))
+    user = TrainConfig()
+    for layer in layers:
+        user = apply_overrides(user, layer)
+    config = TrainConfig()
+    recipe = recipes.recipe_for(user)
+    if recipe is not None:
+        config = apply_overrides(config, {**recipe.config, "recipe": recipe.name})
+    for layer in layers:
+        config = apply_overrides(config, layer)
+    return resolve(config)
+
+
+def apply_overrides(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """A copy of ``config`` with ``values`` set: keys dotted (``optim.lr``) or nested mappings, checked.
+
+    Raises:
+        ConfigError: an unknown key (with the closest valid one) or a value of the wrong type.
+    """
+    config = copy.deepcopy(config)
+    for key, value in values.items():
+        _set(config, str(key), value)
+    return config
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill in ``task`` and ``model`` (each from the other: the model's card names its task, a task names
+    its default model) and check every value.
+
+    Raises:
+        ConfigError: an unknown task or model, a model of another task, or a value out of range.
+    """
+    from cnnkit.tasks.base import resolve_task
+
+    task, model = resolve_task(config.task, config.model)
+    config = dataclasses.replace(config, task=config.task or task.name, model=model)
     _validate(config)
     return config
 
 
 _CHOICES = {
-    "task": ("classification", "detection", "segmentation"),
     "optim.name": ("sgd", "adamw"),
     "schedule.name": ("onecycle", "cosine", "step", "constant"),
     "transfer.strategy": ("full", "feature_extractor", "fine_tune"),
@@ -275,11 +349,9 @@ def _validate(config: TrainConfig) -> None:
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from defaults updated with a (nested) mapping, checked key by key."""
-    config = TrainConfig()
-    for key, value in values.items():
-        _set(config, str(key), value)
-    return config
+    """A :class:`TrainConfig` from defaults updated with a (nested) mapping, checked key by key (no
+    recipe: a saved config is already complete)."""
+    return apply_overrides(TrainConfig(), values)
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

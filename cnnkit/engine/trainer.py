@@ -1,6 +1,7 @@
 """The training loop: one readable loop, behaviour added by callbacks on named events.
 
-Events, in order: ``on_fit_start``, then per epoch ``on_epoch_start``, per optimizer step
+Events, in order: ``on_fit_start``, then per epoch (after entering a new phase, if one starts there)
+``on_epoch_start``, per optimizer step
 ``on_step_end``, ``on_validation_end`` (with the metrics), ``on_epoch_end``, and finally ``on_fit_end``;
 ``on_interrupt`` on Ctrl-C and ``on_nonfinite`` on a NaN/inf loss. Checkpointing, progress bars, CSV logs,
 plots, early stopping and progressive unfreezing are callbacks (:mod:`cnnkit.engine.callbacks`).
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from cnnkit.errors import CnnkitError
+from cnnkit.tasks.base import Task
 
 
 class NonFiniteLossError(CnnkitError):
@@ -39,6 +42,21 @@ class Callback:
     def on_fit_end(self, trainer: Trainer) -> None: ...
     def on_interrupt(self, trainer: Trainer) -> None: ...
     def on_nonfinite(self, trainer: Trainer) -> None: ...
+
+
+@dataclass
+class Phase:
+    """A later stretch of a run with its own data, optimiser and schedule (progressive resizing: the same
+    model on larger images, the learning-rate schedule restarted).
+
+    Attributes:
+        start: the phase's first epoch (0-based); it lasts until the next phase's start or the run's end.
+        enter: ``enter(trainer)`` sets ``trainer.train_loader``, ``val_loader``, ``optimizer`` and
+            ``scheduler`` for the phase (the weights are kept).
+    """
+
+    start: int
+    enter: Callable[[Trainer], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -72,13 +90,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """Fit a model with a task's ``prepare``/``criterion``/``evaluator`` on batch loaders.
+    """Fit a model with a task's ``prepare``/``loss``/``evaluator`` on batch loaders.
 
     Args:
         model: the network.
-        task: an object with ``prepare(batch, train=, device=, generator=)``, ``criterion(outputs, targets)``
-            returning ``{"loss": ...}``, and ``evaluator()`` (see :class:`cnnkit.tasks.classification.ClassificationTask`);
-            optionally ``forward(model, images, targets)`` for the training forward pass.
+        task: a :class:`cnnkit.tasks.base.Task`: ``prepare(batch, train=, device=, generator=)``,
+            ``compute_loss(model, images, targets)`` returning ``{"loss": ...}`` and ``evaluator()``.
         train_loader / val_loader: :class:`cnnkit.data.loader.BatchLoader` (``epoch(e, start)``, ``len``).
         optimizer: the optimizer (see :func:`cnnkit.engine.optim.build_optimizer`).
         scheduler: an LR scheduler stepped once per optimizer step, or ``None``.
@@ -94,12 +111,13 @@ class Trainer:
         callbacks: :class:`Callback` instances.
         seed: base seed of every random draw.
         distributed: a :class:`cnnkit.engine.distributed.DistributedContext`, or ``None``.
+        phases: later :class:`Phase` s of the run, by increasing start (``epochs`` counts them all).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        task: Any,
+        task: Task,
         train_loader: Any,
         val_loader: Any | None,
         optimizer: torch.optim.Optimizer,
@@ -115,6 +133,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         seed: int = 0,
         distributed: Any | None = None,
+        phases: Sequence[Phase] = (),
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,6 +176,8 @@ class Trainer:
         self.metrics: dict[str, Any] = {}
         self.should_stop = False
         self.epoch_time = 0.0
+        self.phases = sorted(phases, key=lambda phase: phase.start)
+        self.phase = 0  # phases entered
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _unwrapped(self) -> nn.Module:
@@ -200,7 +221,14 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` and the loop position from checkpoint metadata."""
+        """Restore the loop position from checkpoint metadata (entering the phase it was in), then
+        :meth:`state_dict`."""
+        self.epoch = int(meta["epoch"])
+        self.batch_in_epoch = int(meta["batch_in_epoch"])
+        self.step = int(meta["step"])
+        self.epoch_loss = torch.tensor(meta.get("epoch_loss", [0.0, 0.0]), dtype=torch.float64)
+        self.history = list(meta.get("history", []))
+        self._enter_phases()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if self.scheduler is not None and "scheduler" in state:
@@ -208,11 +236,12 @@ class Trainer:
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
-        self.epoch = int(meta["epoch"])
-        self.batch_in_epoch = int(meta["batch_in_epoch"])
-        self.step = int(meta["step"])
-        self.epoch_loss = torch.tensor(meta.get("epoch_loss", [0.0, 0.0]), dtype=torch.float64)
-        self.history = list(meta.get("history", []))
+
+    def _enter_phases(self) -> None:
+        """Enter every phase that has started by :attr:`epoch` and was not entered yet."""
+        while self.phase < len(self.phases) and self.phases[self.phase].start <= self.epoch:
+            self.phases[self.phase].enter(self)
+            self.phase += 1
 
     def position(self) -> dict[str, Any]:
         """Loop position and history, JSON-serialisable (stored as checkpoint metadata)."""
@@ -231,6 +260,7 @@ class Trainer:
         self._fire("on_fit_start")
         try:
             while self.epoch < self.epochs and not self.should_stop:
+                self._enter_phases()
                 self._fire("on_epoch_start")
                 start = time.perf_counter()
                 train_loss = self._train_epoch()
@@ -269,7 +299,7 @@ class Trainer:
             )
             images = self._layout(images)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                loss = self.task.criterion(self._forward(images, targets), targets)["loss"]
+                loss = self.task.compute_loss(self.model, images, targets)["loss"]
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; stopped, the last "
@@ -292,12 +322,6 @@ class Trainer:
         if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
             return images.contiguous(memory_format=torch.channels_last)
         return images
-
-    def _forward(self, images: Any, targets: Any) -> Any:
-        """The training forward pass: ``task.forward(model, images, targets)`` where the task defines one
-        (two-stage detectors sample their second-stage boxes from the targets), else ``model(images)``."""
-        forward = getattr(self.task, "forward", None)
-        return forward(self.model, images, targets) if forward is not None else self.model(images)
 
     def _rewind_to_window(self) -> None:
         """After an interrupt: back to the start of the unfinished accumulation window (weights untouched)."""

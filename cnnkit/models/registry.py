@@ -1,7 +1,10 @@
-"""One registry of model builders, each with a model card.
+"""One registry of model builders, each with a model card: classifiers and task models alike.
 
-A builder is a function returning an ``nn.Module`` that speaks the feature contract of
-:class:`cnnkit.models.base.ClassifierModel`. ``@register_model(...)`` records it with its card: the
+A classifier's builder returns an ``nn.Module`` that speaks the feature contract of
+:class:`cnnkit.models.base.ClassifierModel`; a task model's builder (``@register_model(task="detection",
+...)``: detectors, segmenters) takes ``num_classes``, ``in_chans``, ``backbone`` and the backbone's
+``weights``, and its card names the task that drives it (:mod:`cnnkit.tasks`, whose import registers the
+built-in task models; ``cnnkit.create_model`` / ``cnnkit.list_models`` import it first). ``@register_model(...)`` records it with its card: the
 numbers a user looks at before choosing a model (parameters, MACs at the default input size, input size,
 normalization) and where it comes from (paper, weight-compatible torchvision builder). A test recomputes
 every card's parameter and MAC counts with :func:`cnnkit.analyze`, so cards cannot drift from the code.
@@ -11,54 +14,24 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from cnnkit.errors import ConfigError, did_you_mean
+from cnnkit.models.card import IMAGENET_MEAN, IMAGENET_STD, ModelCard
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a registered model is, as data.
-
-    Attributes:
-        name: registry name, e.g. ``"resnet50"``.
-        family: module the builder lives in, e.g. ``"resnet"``.
-        params: parameter count with the default ``num_classes`` (shared parameters counted once).
-        macs: multiply-accumulates of one forward pass at ``input_size`` (conv, linear, matmul).
-        input_size: default ``(C, H, W)``.
-        min_input_size: smallest ``(C, H, W)`` the network accepts.
-        mean / std: per-channel normalization of the input.
-        num_classes: default number of classes.
-        paper: citation of the architecture.
-        torchvision: name of the torchvision builder with the same ``state_dict`` layout, or ``None``.
-        weights: torchvision weights enum class name (e.g. ``"ResNet50_Weights"``), or ``None``.
-        first_conv: dotted name of the first convolution (adapted when ``in_chans`` differs).
-        classifier: dotted name of the final classifier (replaced when ``num_classes`` differs).
-    """
-
-    name: str
-    family: str
-    params: int
-    macs: int
-    input_size: tuple[int, int, int] = (3, 224, 224)
-    min_input_size: tuple[int, int, int] = (3, 32, 32)
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    num_classes: int = 1000
-    paper: str = ""
-    torchvision: str | None = None
-    weights: str | None = None
-    first_conv: str = "conv1"
-    classifier: str = "fc"
-    extra: dict[str, Any] = field(default_factory=dict)
-
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ModelCard",
+    "create_model",
+    "list_models",
+    "model_card",
+    "register_model",
+]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _CARDS: dict[str, ModelCard] = {}
@@ -91,21 +64,30 @@ def _ensure_zoo_loaded() -> None:
     import cnnkit.models  # noqa: F401
 
 
-def list_models(pattern: str = "*") -> list[str]:
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     """Names of registered models matching a shell-style ``pattern``, in registration order.
+
+    Args:
+        pattern: shell-style pattern of the name.
+        task: only the models whose card names this task (``"classification"``, ``"detection"``...).
 
     Example:
         >>> list_models("lenet*")
         ['lenet5', 'lenet5_classic']
     """
     _ensure_zoo_loaded()
-    return [n for n in _BUILDERS if fnmatch.fnmatchcase(n, pattern)]
+    return [
+        n for n in _BUILDERS if fnmatch.fnmatchcase(n, pattern) and (task is None or _CARDS[n].task == task)
+    ]
 
 
 def _lookup(name: str) -> str:
     _ensure_zoo_loaded()
     if name not in _BUILDERS:
-        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, _BUILDERS)} (see `cnnkit models`)")
+        hint = "" if "cnnkit.tasks" in sys.modules else "; task models register when cnnkit.tasks is imported"
+        raise ConfigError(
+            f"unknown model {name!r}{did_you_mean(name, _BUILDERS)} (see `cnnkit models`){hint}"
+        )
     return name
 
 
@@ -183,6 +165,10 @@ def create_model(
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
+    if card.task != "classification":
+        if out_indices is not None:  # a task model's own option: the backbone stages it reads
+            kwargs["out_indices"] = out_indices
+        return _create_task_model(builder, card, pretrained, weights, features_only, kwargs)
     from cnnkit.models import pretrained as _pretrained
 
     if weights is None and pretrained:
@@ -215,4 +201,33 @@ def create_model(
         from cnnkit.models.features import FeatureListNet
 
         return FeatureListNet(model, out_indices=out_indices)
+    return model
+
+
+def _create_task_model(
+    builder: Callable[..., nn.Module],
+    card: ModelCard,
+    pretrained: bool,
+    weights: str | None,
+    features_only: bool,
+    kwargs: dict[str, Any],
+) -> nn.Module:
+    """A task model: ``weights`` / ``pretrained`` are its backbone classifier's, passed to the builder."""
+    if features_only:
+        raise ConfigError(f"{card.name} is a {card.task} model; features_only is for classifiers (backbones)")
+    if weights is None and pretrained:
+        weights = "DEFAULT"
+    if weights is not None:
+        kwargs["weights"] = weights
+    model = builder(**kwargs)
+    model.default_cfg = {
+        "architecture": card.name,
+        "task": card.task,
+        "input_size": (kwargs.get("in_chans", card.input_size[0]), *card.input_size[1:]),
+        "min_input_size": card.min_input_size,
+        "mean": card.mean,
+        "std": card.std,
+        "num_classes": getattr(model, "num_classes", card.num_classes),
+        "paper": card.paper,
+    }
     return model

@@ -55,13 +55,13 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, extra):
 
 def test_run_directory_contents(tmp_path):
     result = train(small_config(tmp_path / "run", "epochs=2", "plots=true"))
-    names = {p.name for p in result.run_dir.iterdir()}
+    names = {p.name for p in result.dir.iterdir()}
     expected = {"config.yaml", "metrics.csv", "last.safetensors", "best.safetensors", "trainer_state.json"}
     assert expected | {"curves.png", "confusion_matrix.png", "predictions.png"} <= names
-    rows = list(csv.DictReader(open(result.run_dir / "metrics.csv")))
+    rows = list(csv.DictReader(open(result.dir / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert 0.0 <= float(rows[-1]["accuracy"]) <= 1.0
-    _, _, meta = load_checkpoint(result.run_dir / "last.safetensors")
+    _, _, meta = load_checkpoint(result.dir / "last.safetensors")
     assert meta["epoch"] == 2 and meta["classes"] == [str(d) for d in range(10)]
 
 
@@ -77,7 +77,7 @@ class _Data:
 
 class _NaNAtStep(ClassificationTask):
     def __init__(self, bad_step):
-        super().__init__(3, (0.5,), (0.25,))
+        super().__init__(None, ["a", "b", "c"], (0.5,), (0.25,))
         self.calls = 0
         self.bad_step = bad_step
 
@@ -118,7 +118,9 @@ def test_early_stopping_stops(tmp_path):
 
     stopper = EarlyStopping("loss", patience=1)
     stopper.best = -1.0  # nothing can beat a negative loss
-    trainer = _tiny_trainer(tmp_path, ClassificationTask(3, (0.5,), (0.25,)), epochs=5, callbacks=[stopper])
+    trainer = _tiny_trainer(
+        tmp_path, ClassificationTask(None, ["a", "b", "c"], (0.5,), (0.25,)), epochs=5, callbacks=[stopper]
+    )
     history = trainer.fit()
     assert len(history) == 1
 
@@ -130,7 +132,14 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
         data = _Data(32)
         loader = BatchLoader(data, EpochSampler(len(data), batch, shuffle=False))
         opt = build_optimizer(model, "sgd", 0.1, momentum=0.0)
-        Trainer(model, ClassificationTask(3, (0.5,), (0.25,)), loader, None, opt, accumulate=accumulate).fit()
+        Trainer(
+            model,
+            ClassificationTask(None, ["a", "b", "c"], (0.5,), (0.25,)),
+            loader,
+            None,
+            opt,
+            accumulate=accumulate,
+        ).fit()
         return model[1].weight.detach()
 
     torch.testing.assert_close(run(16, 2), run(32, 1), rtol=1e-5, atol=1e-6)
@@ -155,7 +164,7 @@ def test_channels_last_trains_the_same_function_in_nhwc(tmp_path):
         model, data = Conv(), _Data(32)
         loader = BatchLoader(data, EpochSampler(len(data), 8, shuffle=False))
         opt = build_optimizer(model, "sgd", 0.1, momentum=0.0)
-        task = ClassificationTask(3, (0.5,), (0.25,))
+        task = ClassificationTask(None, ["a", "b", "c"], (0.5,), (0.25,))
         Trainer(model, task, loader, loader, opt, epochs=2, channels_last=channels_last).fit()
         return model
 

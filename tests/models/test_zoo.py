@@ -18,7 +18,7 @@ import torchvision
 import cnnkit
 from cnnkit.models.registry import model_card
 
-ALL = cnnkit.list_models()
+ALL = cnnkit.list_models(task="classification")
 GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
 
 

@@ -48,7 +48,7 @@ from torchvision import ops
 
 from cnnkit.errors import ConfigError
 from cnnkit.layers import FPN
-from cnnkit.models.registry import create_model
+from cnnkit.models.registry import create_model, register_model
 from cnnkit.tasks.detection.anchors import AnchorGenerator
 from cnnkit.tasks.detection.boxes import BoxCoder, Matcher, batched_nms, box_iou
 from cnnkit.tasks.detection.rpn import SMOOTH_L1_BETA, RegionProposalNetwork, sample_balanced
@@ -497,3 +497,23 @@ def fasterrcnn_resnet50_fpn(num_classes: int = 90, **kwargs: Any) -> FasterRCNN:
         **kwargs: further :class:`FasterRCNN` options and backbone options (e.g. ``weights``).
     """
     return FasterRCNN("resnet50", num_classes, **kwargs)
+
+
+@register_model(
+    task="detection",
+    input_size=(3, 512, 512),
+    paper="Ren et al., 2015, Faster R-CNN; Lin et al., 2017, Feature Pyramid Networks",
+    extra={"exportable": False},
+)
+def faster_rcnn(
+    num_classes: int = 80, backbone: str = "resnet18", in_chans: int = 3, **kwargs: Any
+) -> FasterRCNN:
+    """Faster R-CNN with FPN on a registered ``backbone`` (see :class:`FasterRCNN`).
+
+    Args:
+        num_classes: object classes without the background.
+        backbone: registered classifier whose ``features_only`` maps feed the FPN.
+        in_chans: image channels.
+        **kwargs: :class:`FasterRCNN` options and the backbone's (``weights=``: its classifier weights).
+    """
+    return FasterRCNN(backbone, num_classes, in_chans=in_chans, **kwargs)

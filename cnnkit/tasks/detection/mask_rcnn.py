@@ -33,6 +33,7 @@ from torchvision import ops
 
 from cnnkit.errors import ConfigError
 from cnnkit.layers import ConvNormAct
+from cnnkit.models.registry import register_model
 from cnnkit.tasks.detection.faster_rcnn import FasterRCNN, Outputs
 
 
@@ -315,3 +316,23 @@ def maskrcnn_resnet50_fpn(num_classes: int = 90, **kwargs: Any) -> MaskRCNN:
         **kwargs: further :class:`MaskRCNN` options and backbone options.
     """
     return MaskRCNN("resnet50", num_classes, **kwargs)
+
+
+@register_model(
+    task="instance_segmentation",
+    input_size=(3, 512, 512),
+    paper="He et al., 2017, Mask R-CNN",
+    extra={"exportable": False},
+)
+def mask_rcnn(
+    num_classes: int = 80, backbone: str = "resnet18", in_chans: int = 3, **kwargs: Any
+) -> MaskRCNN:
+    """Mask R-CNN with FPN on a registered ``backbone`` (see :class:`MaskRCNN`).
+
+    Args:
+        num_classes: object classes without the background.
+        backbone: registered classifier whose ``features_only`` maps feed the FPN.
+        in_chans: image channels.
+        **kwargs: :class:`MaskRCNN` options and the backbone's (``weights=``: its classifier weights).
+    """
+    return MaskRCNN(backbone, num_classes, in_chans=in_chans, **kwargs)

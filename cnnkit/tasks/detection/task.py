@@ -1,30 +1,70 @@
-"""Object detection (and instance segmentation) as a task: batch preparation, the training forward pass,
-criterion, post-processing and COCO metrics, each callable alone.
+"""Object detection and instance segmentation as tasks: batch preparation, the training forward pass,
+criterion, post-processing into boxes (and masks) in the original image's pixels, and COCO metrics.
 
-The task drives any detector with the detection contract (:class:`~cnnkit.tasks.detection.yolo.YOLODetector`,
+The tasks drive any detector with the detection contract (:class:`~cnnkit.tasks.detection.yolo.YOLODetector`,
 :class:`~cnnkit.tasks.detection.faster_rcnn.FasterRCNN`, :class:`~cnnkit.tasks.detection.mask_rcnn.MaskRCNN`):
 ``model(images, targets)`` in training (a two-stage model samples its second-stage boxes from the targets),
-``model(images)`` in evaluation, ``model.criterion(outputs, targets)`` and ``model.postprocess(outputs, ...)``.
+``model(images)`` in evaluation, ``model.criterion(outputs, targets)`` (the loss terms, which depend on the
+detector's anchors and samples) and ``model.postprocess(outputs, ...)``.
 """
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from cnnkit.data.collate import collate_detection
+from cnnkit.data.sources import BOX_DATA, INSTANCE_DATA, RunData, box_data
 from cnnkit.errors import DataError
+from cnnkit.tasks.base import ImageInfo, Prediction, PredictOptions, Task, register_task
 from cnnkit.tasks.detection.metrics import evaluate_coco, predictions_to_coco, targets_to_coco
-from cnnkit.tasks.images import channel_stats, normalize_images
 
 AugmentFn = Callable[..., tuple[torch.Tensor, Any]]
 Target = dict[str, torch.Tensor]
 
 
-class DetectionTask:
-    """Prepare batches, run the detector's loss and accumulate COCO metrics.
+@dataclass
+class Detections(Prediction):
+    """The objects found in one image, by decreasing score, in the original image's pixels.
+
+    Attributes:
+        boxes: ``(N, 4)`` float ``xyxy``.
+        scores: ``(N,)``.
+        labels: ``(N,)`` int64 class indices.
+        masks: ``(N, H, W)`` float in ``[0, 1]`` (instance segmentation), else ``None``.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None = None
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """``{"boxes", "scores", "labels"[, "masks"]}`` tensors (what drawing and COCO export take)."""
+        out = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
+        if self.masks is not None:
+            out["masks"] = self.masks
+        return out
+
+    def to_dict(self, classes: Sequence[str]) -> dict[str, Any]:
+        """``{"detections": [{"label", "score", "box": [x1, y1, x2, y2]}, ...]}``."""
+        return {
+            "detections": [
+                {"label": classes[c], "score": round(s, 4), "box": [round(v, 1) for v in b]}
+                for c, s, b in zip(self.labels.tolist(), self.scores.tolist(), self.boxes.tolist())
+            ]
+        }
+
+
+@register_task
+class DetectionTask(Task):
+    """Prepare batches, run the detector's loss, post-process boxes and accumulate COCO metrics.
 
     Args:
         model: the detector (its :meth:`criterion` and :meth:`postprocess` are used; under DDP pass the
@@ -35,7 +75,6 @@ class DetectionTask:
             training batches (boxes, and instance masks, move with their image).
         score_threshold / iou_threshold / max_detections: post-processing for evaluation (COCO evaluation
             keeps a low threshold: AP integrates over every score).
-        masks: also evaluate instance masks (``mask_map``, ``mask_map50``...; Mask R-CNN).
 
     Example:
         >>> from cnnkit.tasks.detection.yolo import YOLODetector
@@ -44,11 +83,18 @@ class DetectionTask:
         >>> images = torch.zeros(2, 1, 64, 64, dtype=torch.uint8)
         >>> targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1])}] * 2
         >>> x, t = task.prepare((images, targets), train=False, device=torch.device("cpu"))
-        >>> sorted(task.criterion(task.forward(model, x, t), t))
+        >>> sorted(task.compute_loss(model, x, t))
         ['box', 'class', 'confidence', 'loss']
     """
 
     name = "detection"
+    default_model = "yolo"
+    default_metric = "map"
+    default_augment = [{"RandomAffine": {"degrees": 0, "translate": [0.1, 0.1], "scale": [0.8, 1.2]}}]
+    data_names = BOX_DATA
+    masks = False
+    """Whether the task also predicts and evaluates instance masks."""
+    collate = staticmethod(collate_detection)
 
     def __init__(
         self,
@@ -60,22 +106,16 @@ class DetectionTask:
         score_threshold: float = 0.01,
         iou_threshold: float = 0.5,
         max_detections: int = 100,
-        masks: bool = False,
     ) -> None:
-        self.model = model
-        self.classes = list(classes)
-        self.num_classes = len(self.classes)
-        self.mean = channel_stats(mean)
-        self.std = channel_stats(std)
-        self.augment = augment
+        super().__init__(model, classes, mean, std, augment)
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
-        self.masks = masks
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``uint8`` or ``[0, 1]`` float images ``(B, C, H, W)`` -> normalized float32."""
-        return normalize_images(images, self.mean, self.std)
+    @classmethod
+    def build_data(cls, config: Any) -> RunData:
+        """Boxes (and instance masks when :attr:`masks`): generated sets or ``coco:``/``yolo:``/``voc:``."""
+        return box_data(config, masks=cls.masks)
 
     def prepare(
         self,
@@ -110,22 +150,88 @@ class DetectionTask:
         return model(images, targets)
 
     def criterion(self, outputs: Any, targets: list[Target]) -> dict[str, torch.Tensor]:
-        """The detector's loss: ``{"loss": total, ...detached parts}``."""
+        """The detector's loss terms: ``{"loss": total, ...detached parts}``."""
         return self.model.criterion(outputs, targets)
 
-    def postprocess(self, outputs: Any, image_size: tuple[int, int] | None = None) -> list[Target]:
-        """Detections per image ``{"boxes", "scores", "labels"[, "masks"]}``, with the task's thresholds."""
+    def decode(
+        self, outputs: Any, image_size: tuple[int, int] | None = None, score_threshold: float | None = None
+    ) -> list[Target]:
+        """Detections per image ``{"boxes", "scores", "labels"[, "masks"]}`` in the model input's pixels,
+        with the task's thresholds (``score_threshold`` overrides the evaluation one)."""
         return self.model.postprocess(
             outputs,
-            score_threshold=self.score_threshold,
+            score_threshold=self.score_threshold if score_threshold is None else score_threshold,
             iou_threshold=self.iou_threshold,
             max_detections=self.max_detections,
             image_size=image_size,
         )
 
+    def postprocess(
+        self, outputs: Any, infos: Sequence[ImageInfo], options: PredictOptions | None = None
+    ) -> list[Detections]:
+        """Detections of each image above ``options.score_threshold``, mapped back to its original pixels:
+        boxes divided by the letterbox scale, masks cropped to the image and resized to its size."""
+        options = options or PredictOptions()
+        input_size = infos[0].input_size if infos else None
+        results = []
+        for det, info in zip(self.decode(outputs, input_size, options.score_threshold), infos):
+            masks = det.get("masks")
+            if masks is not None:
+                inner_h, inner_w = info.inner
+                masks = masks[:, :inner_h, :inner_w].float()
+                if (inner_h, inner_w) != tuple(info.size):
+                    masks = F.interpolate(masks[:, None], size=info.size, mode="bilinear")[:, 0]
+            results.append(Detections(det["boxes"] / info.scale, det["scores"], det["labels"], masks))
+        return results
+
+    def draw(self, image: torch.Tensor, prediction: Detections) -> torch.Tensor:
+        """The image with its boxes, labels and scores drawn (and masks overlaid)."""
+        from cnnkit.tasks import plots
+
+        return plots.draw_detections(image, prediction.as_dict(), self.classes)
+
     def evaluator(self) -> DetectionEvaluator:
         """A fresh metric accumulator."""
-        return DetectionEvaluator(self.postprocess, self.classes, masks=self.masks)
+        return DetectionEvaluator(self.decode, self.classes, masks=self.masks)
+
+    def summary(self, metrics: dict[str, Any], best: float | None = None) -> str:
+        """``mAP@[.5:.95] M (best B), mAP@.5 M50``."""
+        best_text = f" (best {best:.4f})" if best is not None else ""
+        return f"mAP@[.5:.95] {metrics['map']:.4f}{best_text}, mAP@.5 {metrics['map50']:.4f}"
+
+    def plot_metrics(self, metrics: dict[str, Any], out_dir: pathlib.Path) -> list[pathlib.Path]:
+        """``pr_curves.png`` (per class at IoU 0.5) and, with masks, ``mask_pr_curves.png``."""
+        from cnnkit.tasks.detection.metrics import plot_pr_curves
+
+        out_dir = pathlib.Path(out_dir)
+        written = []
+        if "pr_curves" in metrics:
+            written.append(plot_pr_curves(metrics, out_dir / "pr_curves.png"))
+        if "mask_pr_curves" in metrics:
+            masks = {k[len("mask_") :]: v for k, v in metrics.items() if k.startswith("mask_")}
+            written.append(plot_pr_curves(masks, out_dir / "mask_pr_curves.png"))
+        return written
+
+
+@register_task
+class InstanceSegmentationTask(DetectionTask):
+    """Detection with a mask per object (Mask R-CNN): boxes, labels, scores and instance masks, evaluated
+    with COCO box and mask mAP; it also answers ``task=segmentation`` and ``task=detection`` configs."""
+
+    name = "instance_segmentation"
+    answers = ("segmentation", "detection")
+    default_model = "mask_rcnn"
+    default_metric = "mask_map"
+    data_names = INSTANCE_DATA
+    masks = True
+
+    def summary(self, metrics: dict[str, Any], best: float | None = None) -> str:
+        """``mask mAP M (best B), mask mAP@.5 M50, box mAP@.5 B50``."""
+        best_text = f" (best {best:.4f})" if best is not None else ""
+        return (
+            f"mask mAP {metrics['mask_map']:.4f}{best_text}, mask mAP@.5 {metrics['mask_map50']:.4f}, "
+            f"box mAP@.5 {metrics['map50']:.4f}"
+        )
 
 
 class DetectionEvaluator:

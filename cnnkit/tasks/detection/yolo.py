@@ -31,7 +31,7 @@ from torch import nn
 
 from cnnkit.errors import ConfigError
 from cnnkit.layers import FPN, ConvNormAct
-from cnnkit.models.registry import create_model
+from cnnkit.models.registry import create_model, register_model
 from cnnkit.tasks.detection.anchors import AnchorGenerator
 from cnnkit.tasks.detection.boxes import batched_nms, box_convert, box_iou, iou_loss
 
@@ -364,3 +364,20 @@ class YOLODetector(nn.Module):
                 {"boxes": candidates[keep], "scores": candidate_scores[keep], "labels": labels[keep]}
             )
         return results
+
+
+@register_model(
+    task="detection",
+    input_size=(3, 512, 512),
+    paper="Redmon et al., 2016, You Only Look Once; Redmon and Farhadi, 2018, YOLOv3 (multi-scale heads)",
+)
+def yolo(num_classes: int = 80, backbone: str = "resnet18", in_chans: int = 3, **kwargs: Any) -> YOLODetector:
+    """A YOLO-style single-stage detector on a registered ``backbone`` (see :class:`YOLODetector`).
+
+    Args:
+        num_classes: object classes.
+        backbone: registered classifier whose ``features_only`` maps feed the FPN.
+        in_chans: image channels.
+        **kwargs: :class:`YOLODetector` options and the backbone's (``weights=``: its classifier weights).
+    """
+    return YOLODetector(backbone, num_classes, in_chans=in_chans, **kwargs)

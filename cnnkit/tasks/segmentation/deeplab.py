@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from cnnkit.errors import ConfigError
 from cnnkit.layers.aspp import ASPP
 from cnnkit.layers.conv import ConvNormAct
-from cnnkit.models.registry import model_options
+from cnnkit.models.registry import model_options, register_model
 from cnnkit.tasks.segmentation.backbone import build_backbone
 from cnnkit.tasks.segmentation.fcn import aux_head, with_aux
 
@@ -213,3 +213,42 @@ def deeplabv3_resnet50(num_classes: int = 21, in_chans: int = 3, **kwargs: Any) 
         The model.
     """
     return DeepLabV3("resnet50", num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model(
+    task="segmentation",
+    input_size=(3, 512, 512),
+    paper="Chen et al., 2017, Rethinking Atrous Convolution for Semantic Image Segmentation",
+)
+def deeplabv3(
+    num_classes: int = 21, backbone: str = "resnet50", in_chans: int = 3, **kwargs: Any
+) -> DeepLabV3:
+    """DeepLabV3 (atrous convolution, ASPP) on a registered ``backbone`` (see :class:`DeepLabV3`).
+
+    Args:
+        num_classes: output channels, background included.
+        backbone: registered classifier of the encoder.
+        in_chans: image channels.
+        **kwargs: :class:`DeepLabV3` options (``output_stride``...) and the backbone's (``weights=``).
+    """
+    return DeepLabV3(backbone, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model(
+    task="segmentation",
+    input_size=(3, 512, 512),
+    paper="Chen et al., 2018, Encoder-Decoder with Atrous Separable Convolution (DeepLabV3+)",
+)
+def deeplabv3plus(
+    num_classes: int = 21, backbone: str = "resnet50", in_chans: int = 3, **kwargs: Any
+) -> DeepLabV3Plus:
+    """DeepLabV3+ (DeepLabV3 with a stride-4 decoder) on a registered ``backbone`` (see
+    :class:`DeepLabV3Plus`).
+
+    Args:
+        num_classes: output channels, background included.
+        backbone: registered classifier of the encoder.
+        in_chans: image channels.
+        **kwargs: :class:`DeepLabV3Plus` options and the backbone's (``weights=``).
+    """
+    return DeepLabV3Plus(backbone, num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from cnnkit.errors import ConfigError
 from cnnkit.layers.conv import ConvNormAct
 from cnnkit.models.base import FeatureInfo
+from cnnkit.models.registry import register_model
 from cnnkit.tasks.segmentation.backbone import build_backbone
 
 
@@ -191,3 +192,20 @@ def fcn_resnet50(num_classes: int = 21, in_chans: int = 3, **kwargs: Any) -> FCN
     """
     kwargs.setdefault("replace_stride_with_dilation", (False, True, True))
     return FCN("resnet50", num_classes=num_classes, in_chans=in_chans, head_channels=512, **kwargs)
+
+
+@register_model(
+    task="segmentation",
+    input_size=(3, 512, 512),
+    paper="Long et al., 2015, Fully Convolutional Networks for Semantic Segmentation",
+)
+def fcn(num_classes: int = 21, backbone: str = "resnet50", in_chans: int = 3, **kwargs: Any) -> FCN:
+    """An FCN on a registered ``backbone`` (see :class:`FCN`).
+
+    Args:
+        num_classes: output channels, background included.
+        backbone: registered classifier of the encoder.
+        in_chans: image channels.
+        **kwargs: :class:`FCN` options and the backbone's (``weights=``).
+    """
+    return FCN(backbone, num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -1,14 +1,22 @@
-"""Semantic segmentation as a task: batch preparation, criterion, post-processing and metrics, each callable alone."""
+"""Semantic segmentation as a task: batch preparation, criterion, post-processing into class maps in the
+original image's pixels, and metrics, each callable alone."""
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
 
+from cnnkit.data.collate import collate_detection
+from cnnkit.data.sources import MASK_DATA, RunData, mask_data
 from cnnkit.errors import ConfigError, DataError
-from cnnkit.tasks.images import channel_stats, normalize_images
+from cnnkit.tasks.base import ImageInfo, Prediction, PredictOptions, Task, register_task, sample_items
 from cnnkit.tasks.segmentation.losses import cross_entropy, dice_loss, focal_loss
 from cnnkit.tasks.segmentation.metrics import SegmentationEvaluator
 
@@ -16,11 +24,36 @@ AugmentFn = Callable[..., tuple[torch.Tensor, Any]]
 LOSSES = ("ce", "ce+dice", "focal")
 
 
-class SegmentationTask:
+@dataclass
+class ClassMap(Prediction):
+    """The class of every pixel of one image, in its original size.
+
+    Attributes:
+        mask: ``(H, W)`` int64, ``0`` background and ``c + 1`` for class ``c``.
+    """
+
+    mask: torch.Tensor
+
+    def to_dict(self, classes: Sequence[str]) -> dict[str, Any]:
+        """``{"classes": {name: fraction of the pixels}}`` for the classes present (background left out)."""
+        counts = torch.bincount(self.mask.flatten(), minlength=len(classes) + 1)
+        return {
+            "classes": {
+                name: round(counts[k + 1].item() / self.mask.numel(), 4)
+                for k, name in enumerate(classes)
+                if counts[k + 1]
+            }
+        }
+
+
+@register_task
+class SegmentationTask(Task):
     """Prepare batches, compute the loss and accumulate metrics for semantic segmentation.
 
     Args:
-        num_classes: ``K``, background included (11 for MNIST-Seg: background and ten digits).
+        model: the segmenter (not used by the task's own methods; kept for the common contract).
+        classes: object class names; the model predicts ``K = len(classes) + 1`` classes, background first
+            (11 for MNIST-Seg: background and ten digits).
         mean / std: per-channel normalization applied after scaling ``uint8`` images to ``[0, 1]``.
         augment: a batched, target-aware transform ``augment(images, targets, generator=g)`` applied to
             training batches; it moves each target's ``mask`` with its image.
@@ -32,7 +65,7 @@ class SegmentationTask:
             ``(logits, aux_logits)`` in training (0.5, as torchvision's segmentation reference).
 
     Example:
-        >>> task = SegmentationTask(3, mean=(0.5,), std=(0.5,))
+        >>> task = SegmentationTask(None, ["a", "b"], mean=(0.5,), std=(0.5,))
         >>> images = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
         >>> targets = [{"mask": torch.zeros(4, 4, dtype=torch.int64)} for _ in range(2)]
         >>> x, masks = task.prepare((images, targets), train=False, device=torch.device("cpu"))
@@ -41,10 +74,17 @@ class SegmentationTask:
     """
 
     name = "segmentation"
+    default_model = "unet"
+    default_metric = "miou"
+    default_augment = [{"RandomAffine": {"degrees": 0, "translate": [0.1, 0.1], "scale": [0.8, 1.2]}}]
+    data_names = MASK_DATA
+    plot_samples = 6
+    collate = staticmethod(collate_detection)
 
     def __init__(
         self,
-        num_classes: int,
+        model: nn.Module | None,
+        classes: Sequence[str],
         mean: Sequence[float],
         std: Sequence[float],
         augment: AugmentFn | None = None,
@@ -55,18 +95,22 @@ class SegmentationTask:
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown segmentation loss {loss!r}; choose one of {', '.join(LOSSES)}")
-        self.num_classes = num_classes
-        self.mean = channel_stats(mean)
-        self.std = channel_stats(std)
-        self.augment = augment
+        super().__init__(model, classes, mean, std, augment)
+        self.num_classes = len(self.classes) + 1
         self.ignore_index = ignore_index
         self.loss = loss
         self.focal_gamma = focal_gamma
         self.aux_weight = float(aux_weight)
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``uint8`` or ``[0, 1]`` float images ``(B, C, H, W)`` -> normalized float32."""
-        return normalize_images(images, self.mean, self.std)
+    @classmethod
+    def model_num_classes(cls, classes: Sequence[str]) -> int:
+        """The classes and the background."""
+        return len(classes) + 1
+
+    @classmethod
+    def build_data(cls, config: Any) -> RunData:
+        """Semantic maps: ``mnist-seg``, ``shapes``, ``masks:ROOT`` or ``coco:ROOT``."""
+        return mask_data(config)
 
     def prepare(
         self,
@@ -121,10 +165,62 @@ class SegmentationTask:
         dice = dice_loss(outputs, targets, self.ignore_index)
         return {"loss": ce + dice, "ce": ce.detach(), "dice": dice.detach()}
 
-    def postprocess(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Predicted masks: the most likely class of every pixel, ``(B, K, H, W) -> (B, H, W)`` int64."""
-        return outputs.argmax(1)
+    def postprocess(
+        self,
+        outputs: torch.Tensor,
+        infos: Sequence[ImageInfo] | None = None,
+        options: PredictOptions | None = None,
+    ) -> list[ClassMap]:
+        """The most likely class of every pixel, cropped to each image and resized (nearest) to its
+        original size; without ``infos``, at the model's resolution.
+
+        Shape:
+            - outputs: ``(B, K, H, W)`` logits; Output: ``B`` :class:`ClassMap` of ``(H_i, W_i)``
+        """
+        maps = outputs.argmax(1)
+        if infos is None:
+            return [ClassMap(m) for m in maps]
+        results = []
+        for mask, info in zip(maps, infos):
+            inner_h, inner_w = info.inner
+            mask = mask[:inner_h, :inner_w]
+            if (inner_h, inner_w) != tuple(info.size):
+                mask = F.interpolate(mask[None, None].float(), size=info.size, mode="nearest")[0, 0].long()
+            results.append(ClassMap(mask))
+        return results
+
+    def draw(self, image: torch.Tensor, prediction: ClassMap) -> torch.Tensor:
+        """The image with its class map overlaid in colour."""
+        from cnnkit.tasks import plots
+
+        return plots.overlay_mask(image, prediction.mask, self.num_classes)
 
     def evaluator(self) -> SegmentationEvaluator:
         """A fresh metric accumulator."""
         return SegmentationEvaluator(self.num_classes, self.ignore_index)
+
+    def summary(self, metrics: dict[str, Any], best: float | None = None) -> str:
+        """``mIoU M (best B), Dice D``."""
+        best_text = f" (best {best:.4f})" if best is not None else ""
+        return f"mIoU {metrics['miou']:.4f}{best_text}, Dice {metrics['dice']:.4f}"
+
+    def plot_predictions(
+        self, model: nn.Module, val_data: Dataset, device: torch.device, path: pathlib.Path
+    ) -> None:
+        """Validation images with the predicted mask overlaid, beside the true one."""
+        from cnnkit.tasks import plots
+
+        items = sample_items(val_data, self.plot_samples)
+        if not items:
+            return
+        images = torch.stack([image for image, _ in items])
+        with torch.no_grad():
+            x, masks = self.prepare((images, [t for _, t in items]), train=False, device=device)
+            predicted = model(x).argmax(1).cpu()
+        drawn = []
+        for image, pred, true in zip(images, predicted, masks.cpu()):
+            drawn += [
+                plots.overlay_mask(image, pred, self.num_classes),
+                plots.overlay_mask(image, true, self.num_classes),
+            ]
+        plots.save_grid(drawn, path, "predicted (left) and true (right) masks", cols=4)

@@ -23,14 +23,16 @@ inputs zero is the mean colour, and the padded pixels never reach the loss.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnkit.errors import ConfigError
+from cnnkit.errors import ConfigError, did_you_mean
 from cnnkit.layers.conv import ConvNormAct
+from cnnkit.models.registry import register_model
 from cnnkit.tasks.segmentation.backbone import build_backbone, pad_to_multiple
 from cnnkit.tasks.segmentation.fcn import aux_head, with_aux
 
@@ -257,3 +259,32 @@ class BackboneUNet(nn.Module):
         if isinstance(out, tuple):
             return out[0][..., :height, :width], out[1][..., :height, :width]
         return out[..., :height, :width]
+
+
+@register_model(
+    task="segmentation",
+    input_size=(3, 256, 256),
+    paper="Ronneberger et al., 2015, U-Net: Convolutional Networks for Biomedical Image Segmentation",
+)
+def unet(
+    num_classes: int = 2, backbone: str | None = None, in_chans: int = 3, **kwargs: Any
+) -> UNet | BackboneUNet:
+    """A U-Net: the classic one (:class:`UNet`) without ``backbone``, else :class:`BackboneUNet` on that
+    registered classifier's stages.
+
+    Args:
+        num_classes: output channels, background included.
+        backbone: registered classifier of the encoder, or ``None`` for the paper's encoder.
+        in_chans: image channels.
+        **kwargs: options of the model class and, with a backbone, of its builder (``weights=``).
+
+    Raises:
+        ConfigError: an unknown option of the classic U-Net.
+    """
+    if backbone is None:
+        accepted = set(inspect.signature(UNet).parameters)
+        for key in kwargs:
+            if key not in accepted:
+                raise ConfigError(f"unet got an unknown argument {key!r}{did_you_mean(key, accepted)}")
+        return UNet(in_chans=in_chans, num_classes=num_classes, **kwargs)
+    return BackboneUNet(backbone, num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -10,7 +10,7 @@ from torchvision.models.detection.roi_heads import project_masks_on_boxes as tv_
 
 from cnnkit.data import MNISTDetection
 from cnnkit.errors import ConfigError
-from cnnkit.tasks import segmentation
+from cnnkit.tasks import create_model, list_models
 from cnnkit.tasks.detection.boxes import box_iou
 from cnnkit.tasks.detection.mask_rcnn import (
     MaskRCNN,
@@ -249,9 +249,9 @@ def test_forward_criterion_and_postprocess_of_a_small_model():
     assert crop["masks"].shape == (7, 32, 48) and crop["boxes"][:, 2].max() <= 48
 
 
-def test_segmentation_create_model_builds_mask_rcnn():
-    model = segmentation.create_model("mask_rcnn", num_classes=3, backbone="resnet18", **SMALL)
-    assert isinstance(model, MaskRCNN) and "mask_rcnn" in segmentation.MODELS
+def test_the_registry_builds_mask_rcnn_as_an_instance_segmentation_model():
+    model = create_model("mask_rcnn", num_classes=3, backbone="resnet18", **SMALL)
+    assert isinstance(model, MaskRCNN) and "mask_rcnn" in list_models(task="instance_segmentation")
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
     with pytest.raises(ConfigError, match="mask_layers"):
         small_model(mask_layers=0)

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from cnnkit.errors import ConfigError
-from cnnkit.tasks.segmentation import FCN, BackboneUNet, DeepLabV3, UNet, create_model
+from cnnkit.tasks import create_model
+from cnnkit.tasks.segmentation import FCN, BackboneUNet, DeepLabV3, UNet
 
 SIZES = [(33, 47), (1, 1), (16, 16), (21, 8)]
 

@@ -1,4 +1,8 @@
-"""The datasets a run names with ``data=``: per task, what ``cnnkit train`` / ``eval`` read.
+"""The datasets a run names with ``data=``: what ``cnnkit train`` / ``eval`` read, one reader per kind of target.
+
+Each task's :meth:`~cnnkit.tasks.base.Task.build_data` calls one of :func:`class_data` (labels),
+:func:`box_data` (boxes, optionally instance masks) and :func:`mask_data` (semantic maps) with the run's
+config (any object with the fields of :class:`cnnkit.engine.config.TrainConfig` that they read).
 
 ==============  ===========================================================================================
 task            ``data=``
@@ -35,8 +39,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from cnnkit.engine.config import TrainConfig
-from cnnkit.errors import ConfigError, DataError, did_you_mean
+from cnnkit.data.wrappers import InMemory, InstancesToSemantic, Letterboxed, Resized, image_mode
+from cnnkit.errors import ConfigError, DataError
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DEFAULT_IMAGE_SIZE = 512
@@ -48,11 +52,10 @@ VOC_CLASSES = (
     "aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike person "
     "pottedplant sheep sofa train tvmonitor"
 ).split()
-DATA_BY_TASK = {
-    "classification": "mnist5k, imagefolder:PATH",
-    "detection": "mnist-det, shapes, coco:PATH, yolo:PATH, voc:PATH",
-    "segmentation": "mnist-seg, shapes, masks:PATH, coco:PATH",
-}
+CLASS_DATA = "mnist5k, imagefolder:PATH"
+BOX_DATA = "mnist-det, shapes, coco:PATH, yolo:PATH, voc:PATH"
+MASK_DATA = "mnist-seg, shapes, masks:PATH, coco:PATH"
+INSTANCE_DATA = "mnist-seg, mnist-det, shapes, coco:PATH"
 
 
 @dataclass
@@ -71,89 +74,11 @@ class RunData:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
 
-
-class InMemory(Dataset):
-    """A list of ``(image, target)`` items with the dataset's ``classes``."""
-
-    def __init__(self, items: list[tuple[torch.Tensor, Any]], classes: Sequence[str]) -> None:
-        self.items = items
-        self.classes = list(classes)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        return self.items[index]
-
-
-class MappedItems(Dataset):
-    """A dataset whose items are another's, each passed through :meth:`map` when read (``classes`` kept)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-        self.classes = getattr(dataset, "classes", None)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        return self.map(*self.dataset[index])
-
-    def map(self, image: torch.Tensor, target: Any) -> tuple[torch.Tensor, Any]:
-        """The item read from ``image`` and ``target``."""
-        raise NotImplementedError
-
-
-class Letterboxed(MappedItems):
-    """Scale each image so its longer side is ``size``, place it top-left on a ``size x size`` zero canvas.
-
-    Boxes are scaled by the same factor; ``masks`` (instances) and ``mask`` (semantic) are resized by
-    nearest neighbour and padded with 0 (background).
-
-    Shape:
-        ``dataset[i]``: ``(C, H, W)`` -> ``(C, size, size)``; targets move with the image.
-    """
-
-    def __init__(self, dataset: Dataset, size: int) -> None:
-        super().__init__(dataset)
-        self.size = size
-
-    def map(
-        self, image: torch.Tensor, target: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return letterbox(image, target, self.size)
-
-
-def letterbox(
-    image: torch.Tensor, target: dict[str, torch.Tensor] | None, size: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Letterbox one image (and its target) to ``size x size``, see :class:`Letterboxed`.
-
-    Returns:
-        ``(image (C, size, size), target)``; the target also gets ``scale``, the factor applied, so that
-        predictions map back to the original pixels by dividing by it.
-    """
-    import torch.nn.functional as F
-
-    height, width = image.shape[-2:]
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True)
-    canvas = torch.zeros(image.shape[0], size, size, dtype=image.dtype)
-    canvas[:, :new_h, :new_w] = resized[0].round().clamp(0, 255).to(image.dtype)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in (target or {}).items():
-        if key == "boxes":
-            value = value * torch.tensor([new_w / width, new_h / height] * 2, dtype=value.dtype)
-        elif key in ("masks", "mask"):
-            stack = value.reshape(-1, height, width)[:, None].float()
-            small = F.interpolate(stack, size=(new_h, new_w), mode="nearest")[:, 0].to(value.dtype)
-            padded = torch.zeros(len(stack), size, size, dtype=value.dtype)
-            padded[:, :new_h, :new_w] = small
-            value = padded if key == "masks" else padded[0]
-        out[key] = value
-    out["scale"] = torch.tensor(scale)
-    return canvas, out
+    def subset(self, train_size: int | None, val_size: int | None, seed: int) -> RunData:
+        """At most ``train_size`` / ``val_size`` items of each split, drawn from ``seed`` / ``seed + 1``."""
+        self.train = _subset(self.train, train_size, seed)
+        self.val = _subset(self.val, val_size, seed + 1)
+        return self
 
 
 def _subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
@@ -169,50 +94,33 @@ def _subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
     return Subset(dataset, idx.tolist())
 
 
-def build_data(config: TrainConfig) -> RunData:
-    """The datasets ``config.data.name`` names for ``config.task`` (see the module docs).
+def _unknown(config: Any, accepted: str) -> ConfigError:
+    return ConfigError(f"data={config.data.name!r} is not a {config.task} dataset: use {accepted}")
+
+
+def class_data(config: Any, input_size: Sequence[int]) -> RunData:
+    """Images with one label each: ``mnist5k`` (bundled, padded to 32x32) or ``imagefolder:ROOT``.
+
+    Args:
+        config: the run's config (``data.name``, ``data.image_size``).
+        input_size: the model's default ``(C, H, W)``: a folder's images are read with ``C`` channels and
+            resized / centre-cropped to ``data.image_size`` or ``H``.
 
     Raises:
-        ConfigError: a data name the task does not know.
-        DataError: a folder layout that does not fit (missing split folders or files, no images).
+        ConfigError: another data name. DataError: a folder layout that does not fit.
     """
-    builders = {
-        "classification": _classification,
-        "detection": _detection,
-        "segmentation": _segmentation,
-    }
-    if config.task not in builders:
-        raise ConfigError(
-            f"unknown task {config.task!r}; choose one of {', '.join(builders)}"
-            + did_you_mean(config.task, builders)
-        )
-    data = builders[config.task](config)
-    data.train = _subset(data.train, config.data.train_size, config.seed)
-    data.val = _subset(data.val, config.data.val_size, config.seed + 1)
-    return data
-
-
-def _unknown(config: TrainConfig) -> ConfigError:
-    return ConfigError(
-        f"data={config.data.name!r} is not a {config.task} dataset: use {DATA_BY_TASK[config.task]}"
-    )
-
-
-def _classification(config: TrainConfig) -> RunData:
     from cnnkit.data import ImageFolder, MNIST5k
-    from cnnkit.models.registry import model_card
 
     name = config.data.name
     if name == "mnist5k":
         train, val = MNIST5k("train", pad_to_32=True), MNIST5k("test", pad_to_32=True)
         return RunData(train, val, list(MNIST5k.classes), 1, 32, MNIST_MEAN, MNIST_STD)
     if not name.startswith("imagefolder:"):
-        raise _unknown(config)
+        raise _unknown(config, CLASS_DATA)
     root = _root(name)
     train_dir, val_dir = _split_dirs(root, "one folder per class")
-    card = model_card(config.model)
-    size = config.data.image_size or card.input_size[1]
-    chans = card.input_size[0]
+    size = config.data.image_size or input_size[1]
+    chans = input_size[0]
     mode = image_mode(chans)
     train_raw, val_raw = ImageFolder(train_dir, mode=mode), ImageFolder(val_dir, mode=mode)
     if train_raw.classes != val_raw.classes:
@@ -220,18 +128,18 @@ def _classification(config: TrainConfig) -> RunData:
             f"{root}: train classes {train_raw.classes} differ from {val_dir.name} classes {val_raw.classes}"
         )
     return RunData(
-        _Resized(train_raw, size), _Resized(val_raw, size), list(train_raw.classes), chans, size, None, None
+        Resized(train_raw, size), Resized(val_raw, size), list(train_raw.classes), chans, size, None, None
     )
 
 
-def _generated(config: TrainConfig, keep: Sequence[str]) -> RunData:
+def _generated(config: Any, keep: Sequence[str]) -> RunData:
     from cnnkit.data import MNISTDetection, MNISTSegmentation, Shapes
 
     name = config.data.name
     size = config.data.image_size or 128
     kinds = {"mnist-det": MNISTDetection, "mnist-seg": MNISTSegmentation, "shapes": Shapes}
     kind = kinds[name]
-    if kind is MNISTDetection and "mask" in keep:
+    if kind is MNISTDetection and ("mask" in keep or "masks" in keep):
         kind = MNISTSegmentation  # the same digits at the same places, with their masks
     splits = {}
     for split in ("train", "val"):
@@ -247,31 +155,39 @@ def _generated(config: TrainConfig, keep: Sequence[str]) -> RunData:
     return RunData(splits["train"], splits["val"], list(dataset.classes), in_chans, size, mean, std)
 
 
-def _detection(config: TrainConfig) -> RunData:
+def box_data(config: Any, masks: bool = False) -> RunData:
+    """Images with boxes and labels (and instance ``masks`` when ``masks``): the generated ``mnist-det``,
+    ``mnist-seg``, ``shapes``, or a user's ``coco:``, ``yolo:``, ``voc:`` folder (letterboxed).
+
+    Raises:
+        ConfigError: another data name (or a format without instance masks when ``masks``).
+        DataError: a folder layout that does not fit.
+    """
     name = config.data.name
-    instance = config.model == "mask_rcnn"
-    keep = ("boxes", "labels", "masks") if instance else ("boxes", "labels")
+    keep = ("boxes", "labels", "masks") if masks else ("boxes", "labels")
     if name in ("mnist-det", "mnist-seg", "shapes"):
         return _generated(config, keep)
     kind, _, _ = name.partition(":")
-    if kind not in ("coco", "yolo", "voc"):
-        raise _unknown(config)
-    return _user_annotated(config, kind, with_masks=instance)
+    if kind not in (("coco",) if masks else ("coco", "yolo", "voc")):
+        raise _unknown(config, INSTANCE_DATA if masks else BOX_DATA)
+    return _user_annotated(config, kind, with_masks=masks)
 
 
-def _segmentation(config: TrainConfig) -> RunData:
+def mask_data(config: Any) -> RunData:
+    """Images with a semantic ``mask`` each: the generated ``mnist-seg``, ``shapes``, a ``masks:`` folder or
+    a ``coco:`` folder (instances drawn into one map), letterboxed.
+
+    Raises:
+        ConfigError: another data name. DataError: a folder layout that does not fit.
+    """
     name = config.data.name
-    if config.model == "mask_rcnn":
-        if name.startswith("masks:"):
-            raise ConfigError("mask_rcnn needs instance masks: use data=mnist-seg, shapes or coco:PATH")
-        return _detection(config)
     if name in ("mnist-seg", "shapes"):
         return _generated(config, ("mask",))
     kind, _, _ = name.partition(":")
     if kind == "coco":
         return _user_annotated(config, "coco", with_masks=True, semantic=True)
     if kind != "masks":
-        raise _unknown(config)
+        raise _unknown(config, MASK_DATA)
     from cnnkit.data import MaskFolder
 
     root = _root(name)
@@ -286,7 +202,7 @@ def _segmentation(config: TrainConfig) -> RunData:
     return RunData(sets[0], sets[1], classes, _channels(config), size, None, None)
 
 
-def _user_annotated(config: TrainConfig, kind: str, with_masks: bool, semantic: bool = False) -> RunData:
+def _user_annotated(config: Any, kind: str, with_masks: bool, semantic: bool = False) -> RunData:
     from cnnkit.data import read_coco, read_voc, read_yolo
 
     root = _root(config.data.name)
@@ -320,53 +236,11 @@ def _user_annotated(config: TrainConfig, kind: str, with_masks: bool, semantic: 
     size = config.data.image_size or DEFAULT_IMAGE_SIZE
     wrapped = [Letterboxed(d, size) for d in datasets]
     if semantic:
-        wrapped = [_InstancesToSemantic(d) for d in wrapped]
+        wrapped = [InstancesToSemantic(d) for d in wrapped]
     return RunData(wrapped[0], wrapped[1], classes, _channels(config), size, None, None)
 
 
-class _InstancesToSemantic(MappedItems):
-    """COCO instance masks -> one semantic ``mask`` (``c + 1`` where an instance of class ``c`` is; later
-    instances drawn over earlier ones)."""
-
-    def map(
-        self, image: torch.Tensor, target: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mask = torch.zeros(image.shape[-2:], dtype=torch.int64)
-        for label, instance in zip(target["labels"].tolist(), target["masks"]):
-            mask[instance.bool()] = label + 1
-        return image, {"mask": mask}
-
-
-class _Resized(MappedItems):
-    """Decode-time geometry for folders of photos: see :func:`resize_center_crop`."""
-
-    def __init__(self, dataset: Dataset, size: int) -> None:
-        super().__init__(dataset)
-        self.size = size
-
-    def map(self, image: torch.Tensor, label: int) -> tuple[torch.Tensor, int]:
-        return resize_center_crop(image, self.size), label
-
-
-def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to ``size`` (antialiased), then centre-crop to ``size x size``.
-
-    Shape:
-        - Input: ``(C, H, W)`` uint8
-        - Output: ``(C, size, size)`` uint8
-    """
-    from torchvision.transforms.v2 import functional as TF
-
-    image = TF.resize(image, size, antialias=True)
-    return TF.center_crop(image, [size, size])
-
-
-def image_mode(channels: int) -> str:
-    """The :func:`cnnkit.data.read_image` mode giving ``channels`` channels."""
-    return "GRAY" if channels == 1 else "RGB"
-
-
-def _channels(config: TrainConfig) -> int:
+def _channels(config: Any) -> int:
     """Input channels for a user's images: ``model_kwargs.in_chans`` if set, else 3 (RGB)."""
     return int(config.model_kwargs.get("in_chans", 3))
 

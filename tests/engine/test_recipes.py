@@ -1,0 +1,124 @@
+"""Shipped recipes: files that load, `recipe=NAME`, the recipe of a run's model and data as its defaults,
+`cnnkit recipes`; and the two multi-step features they use, pretraining and phases."""
+
+import json
+
+import pytest
+import yaml
+
+import cnnkit
+from cnnkit.cli import main
+from cnnkit.engine.build import phase_configs
+from cnnkit.engine.config import load_config
+from cnnkit.engine.recipes import list_recipes
+from cnnkit.engine.trainer import Callback
+from cnnkit.errors import ConfigError
+
+NAMES = ["deeplabv3", "deeplabv3plus", "faster_rcnn", "lenet5", "mask_rcnn", "unet", "yolo"]
+
+
+def test_every_shipped_recipe_loads_and_resolves():
+    assert [r.name for r in list_recipes()] == NAMES
+    for recipe in list_recipes():
+        config = load_config(None, [f"recipe={recipe.name}"])
+        assert config.recipe == recipe.name and config.model == recipe.model
+        assert config.data.name == recipe.data
+        assert recipe.description and recipe.measured["metric"]
+
+
+def test_a_run_naming_a_recipes_model_and_data_starts_from_it():
+    config = load_config(None, ["task=detection", "model=yolo", "data=mnist-det"])
+    assert config.recipe == "yolo" and config.backbone == "mobilenet_v3_large" and config.epochs == 8
+    assert (
+        config.model_kwargs == {"fpn_channels": 64, "aspect_ratios": [1.0]} and config.data.batch_size == 32
+    )
+    assert load_config(None, ["model=yolo", "data=mnist-det", "epochs=2"]).epochs == 2  # overrides win
+    bare = load_config(None, ["task=detection", "model=yolo", "data=mnist-det", "recipe=none"])
+    assert bare.backbone is None and bare.epochs == 12 and bare.model_kwargs == {}
+    other_data = load_config(None, ["model=yolo", "data=shapes"])
+    assert other_data.recipe is None and other_data.backbone is None
+
+
+def test_default_run_is_the_lenet5_recipe_and_unknown_recipes_are_named():
+    config = load_config()
+    assert (config.task, config.model, config.data.name, config.recipe) == (
+        "classification",
+        "lenet5",
+        "mnist5k",
+        "lenet5",
+    )
+    with pytest.raises(ConfigError, match="did you mean 'unet'"):
+        load_config(None, ["recipe=unte"])
+
+
+def test_unet_recipe_is_one_run_with_pretraining_and_a_resizing_phase():
+    config = load_config(None, ["recipe=unet"])
+    assert config.pretrain["model"] == "mobilenet_v3_large" and config.pretrain["epochs"] == 8
+    first, second = phase_configs(config)
+    assert (first.data.image_size, first.epochs, first.optim.lr) == (64, 12, 0.003)
+    assert (second.data.image_size, second.epochs, second.optim.lr) == (128, 3, 0.001)
+    assert second.backbone == "mobilenet_v3_large" and second.task_kwargs == {"loss": "ce+dice"}
+    with pytest.raises(ConfigError, match="a phase changes only"):
+        phase_configs(load_config(None, ["phases=[{epochs: 1, model: resnet18}]"]))
+    with pytest.raises(ConfigError, match="needs its number of epochs"):
+        phase_configs(load_config(None, ["phases=[{data.image_size: 64}]"]))
+
+
+def test_cnnkit_recipes_lists_each_with_its_measured_metric(capsys):
+    assert main(["recipes", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == NAMES
+    assert rows["mask_rcnn"]["task"] == "segmentation" and rows["unet"]["metric"] == "miou"
+    assert rows["unet"]["value"] >= rows["unet"]["target"] and rows["yolo"]["data"] == "mnist-det"
+    assert main(["recipes"]) == 0
+    assert "faster_rcnn" in capsys.readouterr().out
+
+
+class _Sizes(Callback):
+    """Records each epoch's training image size and learning rate."""
+
+    def __init__(self):
+        self.sizes, self.lrs = [], []
+
+    def on_epoch_start(self, trainer):
+        images, _ = next(iter(trainer.train_loader.epoch(0)))
+        self.sizes.append(images.shape[-1])
+        self.lrs.append(trainer.optimizer.param_groups[0]["initial_lr"])
+
+
+def test_phases_change_the_image_size_and_restart_the_schedule(tmp_path):
+    sizes = _Sizes()
+    run = cnnkit.train(
+        task="segmentation",
+        model="unet",
+        data={"name": "mnist-seg", "train_size": 16, "val_size": 8, "batch_size": 8, "image_size": 32},
+        model_kwargs={"base_channels": 4, "depth": 2},
+        epochs=1,
+        phases=[{"epochs": 2, "data.image_size": 48, "optim.lr": 0.001}],
+        progress=False,
+        plots=False,
+        recipe="none",
+        output_dir=str(tmp_path / "run"),
+        callbacks=[sizes],
+    )
+    assert sizes.sizes == [32, 48, 48] and sizes.lrs == pytest.approx([0.003, 0.001, 0.001])
+    assert len(run.history) == 3 and [row["epoch"] for row in run.history] == [1, 2, 3]
+    saved = yaml.safe_load((run.dir / "config.yaml").read_text())
+    assert saved["phases"] == [{"epochs": 2, "data.image_size": 48, "optim.lr": 0.001}]
+
+
+def test_pretraining_runs_first_and_hands_its_weights_on(tmp_path):
+    small = {"train_size": 200, "val_size": 100}
+    run = cnnkit.train(
+        model="lenet5",
+        epochs=1,
+        data=small,
+        pretrain={"model": "lenet5", "epochs": 1, "data": small},
+        progress=False,
+        plots=False,
+        output_dir=str(tmp_path / "run"),
+    )
+    pretrained = run.dir / "pretrain" / "best.safetensors"
+    assert pretrained.is_file() and (run.dir / "pretrain" / "metrics.csv").is_file()
+    saved = yaml.safe_load((run.dir / "config.yaml").read_text())
+    assert saved["weights"] == str(pretrained)
