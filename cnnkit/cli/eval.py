@@ -36,9 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the metrics table (or JSON); write the task's metric plots (PR curves for detection)."""
+    from cnnkit.engine.build import task_class
     from cnnkit.engine.checkpoint import read_metadata
     from cnnkit.engine.config import config_from_dict
-    from cnnkit.engine.build import task_class
     from cnnkit.engine.inference import evaluate, resolve_checkpoint
     from cnnkit.errors import ConfigError
 
