@@ -21,8 +21,8 @@ class LayerRow:
         params: parameters first used by this node (a shared parameter counts once, at its first use).
         macs: multiply-accumulates of conv / linear / matmul / bmm / einsum / attention.
         activation_bytes: bytes of the node's output tensors.
-        rf: receptive field side length in input pixels (the largest over the spatial axes), ``"global"``,
-            or 0 for a node that does not depend on the input.
+        rf: receptive field side length in input pixels of the node's widest unit (the largest over the
+            spatial axes), ``"global"``, or 0 for a node that does not depend on the input.
         jump: input pixels between neighbouring output units (the largest over the spatial axes); a float
             only when upsampling makes it fractional.
         other_ops: elementwise operations of norms, pools, activations and arithmetic (not in ``macs``).
@@ -59,7 +59,7 @@ class AnalysisReport:
         flops: ``2 * macs``.
         activation_bytes: sum of the rows' output bytes (every node output kept, as for a backward pass;
             not the peak memory of inference).
-        rf: receptive field of the model's (first) output, or ``"global"``.
+        rf: receptive field of the model's (first) output, its widest unit's, or ``"global"``.
         jump: jump of the model's (first) output.
         method: ``"fx"`` for a graph walk, ``"hooks"`` for the module-hook fallback.
     """

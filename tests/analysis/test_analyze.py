@@ -14,7 +14,7 @@ from torch import nn
 
 from cnnkit import geometry
 from cnnkit.analysis import analyze
-from cnnkit.analysis.field import transposed_span
+from cnnkit.analysis.field import transposed_taps
 
 # -- torchvision GFLOPS metadata (conv + linear MACs at 224) ---------------------------------------------
 
@@ -219,11 +219,13 @@ def test_transposed_conv_field_is_the_widest_unit():
     assert report.jump == 1
 
 
-def test_transposed_span():
-    assert transposed_span(2, 2, 1) == 0
-    assert transposed_span(4, 2, 1) == 1
-    assert transposed_span(3, 1, 2) == 4
-    assert transposed_span(3, 2, 1) == 1
+def test_transposed_taps():
+    # (first, last, step) of the inputs read by each of the s output phases: o = i*s + j*d - p
+    assert transposed_taps(2, 2, 1, 0) == ([0, 0], [0, 0], 1)
+    assert transposed_taps(4, 2, 1, 1) == ([-1, 0], [0, 1], 1)
+    assert transposed_taps(3, 1, 2, 0) == ([-4], [0], 2)
+    assert transposed_taps(3, 2, 1, 0) == ([-1, 0], [0, 0], 1)
+    assert transposed_taps(1, 2, 1, 0) == ([0, 1], [0, 0], 1)  # odd outputs read nothing
 
 
 def test_lenet_fields_follow_the_page():
