@@ -72,8 +72,8 @@ def load_target(
         SpecError: a bad spec, as one line (the problem, the column and the token).
         ConfigError: an unknown model name (listing close names), or an input below the model's minimum.
     """
-    from cnnkit.models.registry import create_model, model_card
     from cnnkit.models.spec import SpecTokenError, build
+    from cnnkit.tasks import create_model, model_card
 
     if is_spec(target):
         try:

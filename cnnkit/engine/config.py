@@ -83,6 +83,20 @@ class TransferConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """Where ``logger=mlflow`` records a run (:class:`cnnkit.engine.loggers.MlflowLogger`).
+
+    ``tracking_uri``: any MLflow tracking URI (``http://host:5000``, ``sqlite:///PATH/mlflow.db``,
+    ``databricks``); ``None``: a SQLite store ``mlflow.db`` in the folder that holds the run directory
+    (``runs/classification/mlflow.db`` for ``runs/classification/lenet5``), with artifacts in
+    ``mlartifacts/`` beside it. ``experiment``: the MLflow experiment; ``None``: the run's task.
+    """
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs. Defaults train LeNet-5 on the bundled MNIST-5k.
 
@@ -96,6 +110,9 @@ class TrainConfig:
     best checkpoint becomes ``weights`` (encoder pretraining). ``phases``: later stretches of the run, each
     ``{epochs: N, ...}`` changing ``data`` / ``optim`` / ``schedule`` keys (progressive resizing:
     ``[{epochs: 3, data.image_size: 128, optim.lr: 0.001}]``), with the optimiser and schedule restarted.
+    ``logger``: trackers written besides ``metrics.csv`` and the plots, any of :data:`LOGGERS`
+    (``logger=tensorboard``, ``logger=[tensorboard,mlflow]``; :mod:`cnnkit.engine.loggers`), with
+    ``mlflow`` saying where MLflow records the run.
     """
 
     task: str | None = None
@@ -132,6 +149,8 @@ class TrainConfig:
     name: str | None = None
     plots: bool = True
     progress: bool = True
+    logger: list[str] = field(default_factory=list)  # a single name is a list of one
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 # Shorthands: ``data=mnist-det`` sets ``data.name``.
@@ -159,6 +178,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if tp is Any:
         return value
+    if origin is list and isinstance(value, str) and typing.get_args(tp) in ((str,), ()):
+        value = [value]  # `logger=mlflow` means `logger=[mlflow]`
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -325,6 +346,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
     return config
 
 
+LOGGERS = ("tensorboard", "mlflow")
+"""The trackers ``logger=`` names (:mod:`cnnkit.engine.loggers`)."""
+
 _CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "schedule.name": ("onecycle", "cosine", "step", "constant"),
@@ -340,6 +364,11 @@ def _validate(config: TrainConfig) -> None:
         if obj not in choices:
             raise ConfigError(
                 f"{dotted}={obj!r} is not one of {', '.join(choices)}{did_you_mean(obj, choices)}"
+            )
+    for name in config.logger:
+        if name not in LOGGERS:
+            raise ConfigError(
+                f"logger={name!r} is not one of {', '.join(LOGGERS)}{did_you_mean(name, LOGGERS)}"
             )
     for key in ("epochs", "accumulate"):
         if getattr(config, key) < 1:

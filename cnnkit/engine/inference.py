@@ -189,7 +189,7 @@ class Predictor:
                 name = str(source) if isinstance(source, str | pathlib.Path) else start + offset
                 item: dict[str, Any] = {"image": name}
                 if out_dir is not None:
-                    drawn = self.task.draw(original, _to_cpu(prediction))
+                    drawn = self.task.draw(original, prediction.cpu())
                     if drawn is not None:
                         stem = pathlib.Path(source).stem if isinstance(name, str) else f"image{name}"
                         item["output"] = str(out_dir / f"{stem}.png")
@@ -210,15 +210,6 @@ def _to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     if image.shape[0] == 1:
         return image.expand(channels, -1, -1).contiguous()
     return image[:channels].contiguous()
-
-
-def _to_cpu(prediction: Any) -> Any:
-    changes = {
-        f.name: getattr(prediction, f.name).cpu()
-        for f in dataclasses.fields(prediction)
-        if isinstance(getattr(prediction, f.name), torch.Tensor)
-    }
-    return dataclasses.replace(prediction, **changes)
 
 
 def _task_for(config: TrainConfig, model: nn.Module, meta: dict[str, Any]) -> Task:

@@ -32,6 +32,7 @@ trains, evaluates and predicts with it, with no change to the engine or the CLI.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import inspect
 import pathlib
 from collections.abc import Callable, Sequence
@@ -90,6 +91,15 @@ class Prediction:
     def to_dict(self, classes: Sequence[str]) -> dict[str, Any]:
         """The JSON-ready form printed by ``cnnkit predict --json`` (class names from ``classes``)."""
         raise NotImplementedError
+
+    def cpu(self) -> Prediction:
+        """The same prediction with its tensors on the CPU (for drawing and printing)."""
+        moved = {
+            f.name: getattr(self, f.name).cpu()
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, **moved)
 
 
 class Task(abc.ABC):
@@ -309,7 +319,7 @@ class Task(abc.ABC):
             size = tuple(images.shape[-2:])
             infos = [ImageInfo(size, 1.0, size)] * len(items)
             predictions = self.postprocess(model(x), infos, PredictOptions(score_threshold=0.5))
-        drawn = [self.draw(image, pred) for image, pred in zip(images, predictions)]
+        drawn = [self.draw(image, pred.cpu()) for image, pred in zip(images, predictions)]
         if any(d is None for d in drawn):
             return
         plots.save_grid(drawn, path, "predictions (score >= 0.5)")
