@@ -57,15 +57,17 @@ def run(args: argparse.Namespace) -> int:
     from cnnkit.cli import console
 
     table = Table(title=f"{len(rows)} shipped recipes (cnnkit train recipe=NAME)")
-    for column in ("Recipe", "Task", "Model", "Data", "Measured", "Target", "Minutes"):
+    for column in ("Recipe", "Task", "Model", "Data", "Measured", "Target", "Minutes", "Machine"):
         table.add_column(column, justify="right" if column in ("Target", "Minutes") else "left")
     for row in rows:
         measured = f"{row['metric']} {row['value']:.3f}" if row["value"] is not None else "-"
         target = f">= {row['target']:.2f}" if row["target"] is not None else "-"
         minutes = f"{row['minutes']:.1f}" if row["minutes"] is not None else "-"
-        table.add_row(row["name"], row["task"], row["model"], row["data"], measured, target, minutes)
+        machine = row["machine"] or "-"
+        table.add_row(row["name"], row["task"], row["model"], row["data"], measured, target, minutes, machine)
     console().print(table)
     print(
-        "measured on 2 CPU cores by `python benchmarks/train_tasks.py NAME` (end to end, pretraining included)"
+        "measured by `python benchmarks/train_tasks.py NAME` (end to end, pretraining included); "
+        "the AMD EPYC (AVX2) machine type takes about twice the Intel Xeon (AVX-512) one's time"
     )
     return 0
