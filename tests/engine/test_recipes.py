@@ -14,7 +14,17 @@ from cnnkit.engine.recipes import list_recipes
 from cnnkit.engine.trainer import Callback
 from cnnkit.errors import ConfigError
 
-NAMES = ["deeplabv3", "deeplabv3plus", "faster_rcnn", "lenet5", "mask_rcnn", "unet", "yolo"]
+NAMES = [
+    "attention_unet",
+    "deeplabv3",
+    "deeplabv3plus",
+    "faster_rcnn",
+    "lenet5",
+    "mask_rcnn",
+    "unet",
+    "unetplusplus",
+    "yolo",
+]
 
 
 def test_every_shipped_recipe_loads_and_resolves():

@@ -1,4 +1,5 @@
-"""Semantic segmentation: U-Net, FCN and DeepLabV3 models, their losses, metrics and task object.
+"""Semantic segmentation: U-Net, U-Net++, Attention U-Net, FCN and DeepLabV3 models, their losses, metrics
+and task object.
 
 Every model maps images ``(N, C, H, W)`` to logits ``(N, num_classes, H, W)`` at the input's resolution,
 for any input size. The models are registered with ``task="segmentation"``; build one by name::
@@ -9,6 +10,7 @@ for any input size. The models are registered with ``task="segmentation"``; buil
 
 from __future__ import annotations
 
+from cnnkit.tasks.segmentation.attention_unet import AttentionGate, AttentionUNet
 from cnnkit.tasks.segmentation.deeplab import DeepLabV3, DeepLabV3Plus, deeplabv3_resnet50
 from cnnkit.tasks.segmentation.fcn import FCN, fcn_resnet50
 from cnnkit.tasks.segmentation.losses import cross_entropy, dice_loss, focal_loss
@@ -23,8 +25,11 @@ from cnnkit.tasks.segmentation.metrics import (
 )
 from cnnkit.tasks.segmentation.task import ClassMap, SegmentationTask
 from cnnkit.tasks.segmentation.unet import BackboneUNet, UNet
+from cnnkit.tasks.segmentation.unetplusplus import UNetPlusPlus
 
 __all__ = [
+    "AttentionGate",
+    "AttentionUNet",
     "BackboneUNet",
     "ClassMap",
     "DeepLabV3",
@@ -33,6 +38,7 @@ __all__ = [
     "SegmentationEvaluator",
     "SegmentationTask",
     "UNet",
+    "UNetPlusPlus",
     "confusion_matrix",
     "cross_entropy",
     "deeplabv3_resnet50",

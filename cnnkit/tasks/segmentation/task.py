@@ -139,17 +139,28 @@ class SegmentationTask(Task):
         return self.normalize(images), masks
 
     def criterion(
-        self, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor
+        self,
+        outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor],
+        targets: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """The configured loss of logits ``(B, K, H, W)`` against masks ``(B, H, W)``.
 
         ``outputs`` may be a pair ``(logits, aux_logits)`` (a model with ``aux_loss=True`` in training):
-        the total is then ``loss(logits) + aux_weight * loss(aux_logits)``.
+        the total is then ``loss(logits) + aux_weight * loss(aux_logits)``; or a list (deep supervision,
+        U-Net++ in training): the mean of the heads' losses, plus their detached ``head1..headL``.
 
         Returns:
             ``{"loss": total}``; with ``"ce+dice"`` also the detached parts ``"ce"`` and ``"dice"`` (of the
             main logits), with auxiliary logits also ``"aux"`` (their detached loss).
         """
+        if isinstance(
+            outputs, list
+        ):  # deep supervision (U-Net++): one logits tensor per head, losses averaged
+            heads = [self.criterion(logits, targets)["loss"] for logits in outputs]
+            return {
+                "loss": torch.stack(heads).mean(),
+                **{f"head{k}": h.detach() for k, h in enumerate(heads, 1)},
+            }
         if isinstance(outputs, tuple):
             main, aux = outputs
             losses = self.criterion(main, targets)

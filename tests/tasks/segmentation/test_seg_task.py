@@ -110,3 +110,13 @@ def test_criterion_adds_the_weighted_aux_loss():
     torch.testing.assert_close(both["loss"], main["loss"] + 0.4 * side["loss"])
     torch.testing.assert_close(both["aux"], side["loss"])
     torch.testing.assert_close(both["ce"], main["ce"])
+
+
+def test_deep_supervision_averages_the_heads_losses(generator):
+    task = SegmentationTask(None, ["c1", "c2"], (0.0,), (1.0,), loss="ce+dice")
+    masks = torch.randint(0, 3, (2, 8, 8), generator=generator)
+    heads = [torch.randn(2, 3, 8, 8, generator=generator) for _ in range(3)]
+    each = [task.criterion(logits, masks)["loss"] for logits in heads]
+    losses = task.criterion(heads, masks)
+    assert torch.isclose(losses["loss"], sum(each) / 3)
+    assert [losses[f"head{k}"].item() for k in (1, 2, 3)] == [e.item() for e in each]

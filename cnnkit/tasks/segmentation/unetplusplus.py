@@ -1,0 +1,373 @@
+"""U-Net++: a U-Net whose skips are nested, dense convolution pathways, with deep supervision and pruning.
+
+Zhou, Rahman Siddiquee, Tajbakhsh and Liang, "UNet++: A Nested U-Net Architecture for Medical Image
+Segmentation", DLMIA 2018 (arXiv:1807.10165); the reference page's "U-Net ... Variants: U-Net++". Rows ``i``
+are the encoder's resolutions (row 0 the finest); ``X^{i,0}`` is the encoder's map of row ``i`` and every
+other node is a conv block (a :class:`~cnnkit.tasks.segmentation.unet.DoubleConv`), the paper's eq. 1::
+
+    X^{i,j} = H([X^{i,0}, ..., X^{i,j-1}, U(X^{i+1,j-1})])        for j >= 1 and i + j <= L
+
+``H`` is the conv block, ``U`` an upsampling by the ratio of the two rows' resolutions and ``[.]`` a
+concatenation of channels (here the upsampled map comes first, as in :class:`UpBlock`; the order only
+permutes the block's weights). With ``L`` nested levels the nodes form a triangle; the top row
+``X^{0,1}, ..., X^{0,L}`` are full-resolution maps, each the output of a U-Net of depth ``j`` whose decoder
+shares the encoder: ``X^{0,L}`` alone gives the logits (a 1x1 conv), and its plain U-Net skip
+``X^{i,0} -> X^{i,L-i}`` is bridged by ``L - i - 1`` nodes.
+
+**Deep supervision** (``deep_supervision=True``; the paper's section 2): a 1x1 head on each of
+``X^{0,1}, ..., X^{0,L}``. In training mode the model returns the list of their ``L`` logits (shallowest
+first) and the loss is the average of the heads' losses: ``criterion`` receives a ``list``, which it tells
+from the ``(logits, aux_logits)`` pair of models with ``aux_loss``. In eval mode the model returns one
+tensor, the logits of the deepest head (``X^{0,L}``) or of ``X^{0,prune}``; :meth:`UNetPlusPlus.forward_heads`
+returns all of them in any mode (the paper's "accurate mode" averages them).
+
+**Pruning** (``prune=k``, the paper's "fast mode", eval only): the logits come from the head at ``X^{0,k}``,
+which depends only on the nodes ``X^{i,j}`` with ``i + j <= k``; the others and, in the classic form, the
+encoder rows below ``k`` are not computed. Training always runs the whole network, so a model trained with
+deep supervision can answer at any ``k`` (``model.prune = k``, no new weights); pruning needs the heads of
+deep supervision.
+
+**Forms.** Without ``backbone`` the encoder is the classic U-Net's (``base_channels * 2**i`` channels on row
+``i``, ``depth`` poolings, ``L = depth``). With ``backbone=`` a registered classifier's stages are the rows
+(through the feature contract, as :class:`~cnnkit.tasks.segmentation.unet.BackboneUNet`); when its finest
+stage is still downsampled (reduction 2 for a ResNet) a full-resolution row 0 is added whose ``X^{0,0}``
+is the input image (``input_skip=True``) or nothing, so ``L`` is the number of stages. Odd input sizes are
+zero-padded at the bottom and right to a multiple of the total stride and the logits cropped back, as the
+U-Net does; sizes are then exact multiples from row to row, so every upsampling is by a fixed integer
+scale and torch.fx traces the model (``cnnkit summary``, fusion and ONNX export work).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnkit.errors import ConfigError, did_you_mean
+from cnnkit.models.registry import register_model
+from cnnkit.tasks.segmentation.backbone import build_backbone
+from cnnkit.tasks.segmentation.unet import DoubleConv, UpBlock, Upsample
+
+
+class PaddedUpBlock(UpBlock):
+    """An :class:`UpBlock` for maps padded to the total stride: upsample by the integer ``scale``,
+    concatenate any number of skips of the target size, then a :class:`DoubleConv`.
+
+    The input of a U-Net-family model is padded so that every map is an exact multiple of the next
+    coarser one; the upsampling then never compares sizes (a data-dependent branch torch.fx cannot trace).
+
+    Args:
+        in_channels: channels of the coarse map.
+        skip_channels: total channels of the skips (0 for none).
+        out_channels: channels out.
+        scale: integer ratio between the skips' resolution and the coarse map's.
+        upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
+
+    Shape:
+        - Input: ``x (N, in_channels, h, w)``, ``skips``: maps ``(N, C_k, h * scale, w * scale)`` with
+          ``sum(C_k) = skip_channels``
+        - Output: ``(N, out_channels, h * scale, w * scale)``
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        scale: int = 2,
+        upsample: Upsample = "bilinear",
+    ) -> None:
+        super().__init__(in_channels, skip_channels, out_channels, scale, upsample)
+        self.scale = scale
+
+    def forward(self, x: Tensor, skips: Sequence[Tensor] = ()) -> Tensor:  # type: ignore[override]
+        if self.up is not None:
+            x = self.up(x)
+        elif self.scale > 1:
+            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, *skips], dim=1) if skips else x)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The resolutions of a U-Net-family encoder, finest first (row ``i`` of the paper's ``X^{i,j}``).
+
+    Attributes:
+        skip_channels: channels of the encoder map ``X^{i,0}`` of each row; 0 where a row has none (a
+            backbone's full-resolution row without ``input_skip``).
+        widths: channels of the decoder nodes of each row.
+        scales: ``scales[i]`` is the resolution of row ``i`` over that of row ``i + 1`` (one fewer entry).
+    """
+
+    skip_channels: tuple[int, ...]
+    widths: tuple[int, ...]
+    scales: tuple[int, ...]
+
+    def reduction(self, row: int) -> int:
+        """Input size over the size of the maps of ``row``."""
+        return math.prod(self.scales[:row])
+
+
+class UNetEncoderBase(nn.Module):
+    """The encoder shared by the U-Net family's models, described as :class:`Rows`.
+
+    The classic form (``backbone=None``) has the U-Net's modules ``stem`` and ``down`` (the names of
+    :class:`~cnnkit.tasks.segmentation.unet.UNet`'s encoder); the backbone form keeps the registered
+    classifier as ``backbone`` (its head removed), so freezing, discriminative learning rates and encoder
+    pretraining find it, and its stages in ``feature_info``.
+
+    Args:
+        in_chans: input image channels.
+        base_channels: classic form: channels of row 0; row ``i`` has ``base_channels * 2**i`` (default 64).
+        depth: classic form: number of poolings, the rows below row 0 (default 4).
+        backbone: registry name of the encoder's classifier, or ``None`` for the classic form.
+        decoder_channels: backbone form: the decoder width of each stage's row (default: the stage's
+            channels); the added full-resolution row has ``max(channels[0] // 2, 16)``.
+        input_skip: backbone form: the input image is the encoder map of the full-resolution row.
+        **backbone_kwargs: options of the backbone's builder (e.g. ``weights``).
+
+    Raises:
+        ConfigError: options of one form given to the other, ``depth < 1``, an unknown option, or a
+            backbone whose reductions do not divide each other.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        base_channels: int | None = None,
+        depth: int | None = None,
+        backbone: str | None = None,
+        decoder_channels: Sequence[int] | None = None,
+        input_skip: bool = True,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if backbone is None:
+            if backbone_kwargs or decoder_channels is not None:
+                key = next(iter(backbone_kwargs), "decoder_channels")
+                accepted = set(inspect.signature(type(self)).parameters) - {"backbone_kwargs"}
+                raise ConfigError(
+                    f"{name} without a backbone got {key!r}, an option of the backbone form or an unknown "
+                    f"one{did_you_mean(key, accepted)}"
+                )
+            base_channels = 64 if base_channels is None else base_channels
+            depth = 4 if depth is None else depth
+            if depth < 1:
+                raise ConfigError(f"{name} needs depth >= 1, got {depth}")
+            widths = tuple(base_channels * 2**i for i in range(depth + 1))
+            self.stem = DoubleConv(in_chans, widths[0])
+            self.down = nn.ModuleList(
+                nn.Sequential(nn.MaxPool2d(2), DoubleConv(widths[i], widths[i + 1])) for i in range(depth)
+            )
+            self.rows = Rows(widths, widths, (2,) * depth)
+            self.backbone = None
+            self.full_resolution_row = self.input_skip = False
+            self.stride = 2**depth
+            return
+        if base_channels is not None or depth is not None:
+            raise ConfigError(
+                f"{name} on backbone {backbone!r}: base_channels and depth set the classic encoder; the "
+                "backbone's stages are the rows (decoder_channels sets their widths)"
+            )
+        self.backbone, info = build_backbone(backbone, in_chans, **backbone_kwargs)
+        self.feature_info = info
+        channels, reductions = info.channels(), info.reduction()
+        if any(r_out % r_in for r_in, r_out in zip([1, *reductions], reductions)):
+            raise ConfigError(
+                f"backbone {backbone!r} has reductions {reductions} that do not divide each other"
+            )
+        widths = tuple(channels) if decoder_channels is None else tuple(decoder_channels)
+        if len(widths) != len(info):
+            raise ConfigError(
+                f"decoder_channels needs one entry per backbone stage ({len(info)}), got {tuple(widths)}"
+            )
+        scales = tuple(r_out // r_in for r_in, r_out in zip(reductions, reductions[1:]))
+        self.full_resolution_row = reductions[0] > 1
+        self.input_skip = bool(input_skip) and self.full_resolution_row
+        if self.full_resolution_row:
+            skip = in_chans if self.input_skip else 0
+            self.rows = Rows(
+                (skip, *channels), (max(channels[0] // 2, 16), *widths), (reductions[0], *scales)
+            )
+        else:
+            self.rows = Rows(tuple(channels), widths, scales)
+        self.stride = max(reductions)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """Zero-pad the bottom and right of ``x`` to multiples of the total stride.
+
+        The rule of :func:`~cnnkit.tasks.segmentation.backbone.pad_to_multiple`, always calling ``F.pad``
+        (with zero amounts on sizes that are already multiples) so that no branch depends on the size.
+
+        Shape:
+            - Input: ``(N, C, H, W)``; Output: ``(N, C, ceil(H / s) * s, ceil(W / s) * s)``
+        """
+        height, width = x.shape[-2:]
+        return F.pad(x, (0, -width % self.stride, 0, -height % self.stride))
+
+    def encode(self, padded: Tensor, rows: int) -> list[Tensor | None]:
+        """The encoder maps ``X^{i,0}`` of the first ``rows`` rows (``None`` for a row without one).
+
+        The classic encoder stops after row ``rows - 1``; a backbone runs all its stages
+        (``forward_intermediates`` has no early exit).
+
+        Shape:
+            - Input: ``(N, in_chans, H, W)`` padded to the stride
+            - Output: ``rows`` maps ``(N, skip_channels[i], H / r_i, W / r_i)``
+        """
+        if self.backbone is None:
+            maps = [self.stem(padded)]
+            for down in self.down[: rows - 1]:
+                maps.append(down(maps[-1]))
+            return maps
+        stages = list(self.backbone.forward_intermediates(padded))
+        if self.full_resolution_row:
+            stages.insert(0, padded if self.input_skip else None)
+        return stages[:rows]
+
+
+class UNetPlusPlus(UNetEncoderBase):
+    """U-Net++ (Zhou et al., 2018): nested dense skip pathways, optional deep supervision and pruning.
+
+    ``nodes[f"x{i}_{j}"]`` is the conv block of node ``X^{i,j}`` (see the module docstring): a
+    :class:`PaddedUpBlock` that upsamples ``X^{i+1,j-1}`` and concatenates ``X^{i,0}, ..., X^{i,j-1}``.
+    ``heads[k - 1]`` is the 1x1 classifier on ``X^{0,k}`` with deep supervision; without it ``heads`` holds
+    the one classifier on ``X^{0,L}``.
+
+    Args:
+        in_chans: input image channels.
+        num_classes: output channels (classes, background included).
+        base_channels / depth / backbone / decoder_channels / input_skip / **backbone_kwargs: the encoder
+            (see :class:`UNetEncoderBase`); ``L`` is ``depth`` or the backbone's number of rows minus one.
+        upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
+        deep_supervision: a head on every ``X^{0,j}``; training mode returns all their logits.
+        prune: in eval mode answer from the head at ``X^{0,prune}`` (``1 <= prune <= L``), computing only
+            the nodes it needs; needs ``deep_supervision``. ``None``: the deepest head. It may be changed on a
+            built model (``model.prune = 2``): the weights do not depend on it.
+
+    Shape:
+        - Input: ``(N, in_chans, H, W)``, any ``H, W >= 1`` (padded internally to a multiple of the stride)
+        - Output: ``(N, num_classes, H, W)`` logits; in training mode with ``deep_supervision`` a list of
+          ``L`` of them (heads at ``X^{0,1}``, ..., ``X^{0,L}``)
+
+    Raises:
+        ConfigError: a ``prune`` level out of range or without ``deep_supervision``, or an encoder option
+            error (see :class:`UNetEncoderBase`).
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 2,
+        base_channels: int | None = None,
+        depth: int | None = None,
+        upsample: Upsample = "bilinear",
+        deep_supervision: bool = False,
+        prune: int | None = None,
+        backbone: str | None = None,
+        decoder_channels: Sequence[int] | None = None,
+        input_skip: bool = True,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            in_chans, base_channels, depth, backbone, decoder_channels, input_skip, **backbone_kwargs
+        )
+        skip, widths, scales = self.rows.skip_channels, self.rows.widths, self.rows.scales
+        self.levels = len(skip) - 1
+        nodes = {}
+        for j in range(1, self.levels + 1):
+            for i in range(self.levels + 1 - j):
+                below = skip[i + 1] if j == 1 else widths[i + 1]
+                nodes[f"x{i}_{j}"] = PaddedUpBlock(
+                    below, skip[i] + (j - 1) * widths[i], widths[i], scales[i], upsample
+                )
+        self.nodes = nn.ModuleDict(nodes)
+        self.deep_supervision = bool(deep_supervision)
+        count = self.levels if self.deep_supervision else 1
+        self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(count))
+        self.num_classes = num_classes
+        self.prune = prune
+
+    @property
+    def prune(self) -> int | None:
+        """The head level ``k`` that answers in eval mode (``None``: ``L``)."""
+        return self._prune
+
+    @prune.setter
+    def prune(self, level: int | None) -> None:
+        if level is not None:
+            if not self.deep_supervision:
+                raise ConfigError(
+                    "prune needs deep_supervision=True: only then is there a trained head on each X^{0,k}"
+                )
+            if not 1 <= level <= self.levels:
+                raise ConfigError(
+                    f"prune must be between 1 and {self.levels} (the nested levels), got {level}"
+                )
+        self._prune = level
+
+    def top_row(self, padded: Tensor, levels: int) -> list[Tensor]:
+        """The full-resolution nodes ``X^{0,1}, ..., X^{0,levels}``, computing only the nodes with
+        ``i + j <= levels`` (eq. 1 of the paper, column by column).
+
+        Shape:
+            - Input: ``(N, in_chans, H, W)`` padded to the stride
+            - Output: ``levels`` maps ``(N, widths[0], H, W)``
+        """
+        grid = {(i, 0): x for i, x in enumerate(self.encode(padded, levels + 1))}
+        for j in range(1, levels + 1):
+            for i in range(levels + 1 - j):
+                same_row = [grid[i, k] for k in range(j) if grid[i, k] is not None]
+                grid[i, j] = self.nodes[f"x{i}_{j}"](grid[i + 1, j - 1], same_row)
+        return [grid[0, j] for j in range(1, levels + 1)]
+
+    def forward_heads(self, x: Tensor) -> list[Tensor]:
+        """The logits of every deep-supervision head, at ``X^{0,1}``, ..., ``X^{0,L}``, in any mode.
+
+        Raises:
+            ConfigError: the model has no deep supervision (one head only).
+
+        Shape:
+            - Input: ``(N, in_chans, H, W)``; Output: ``L`` tensors ``(N, num_classes, H, W)``
+        """
+        if not self.deep_supervision:
+            raise ConfigError("forward_heads needs deep_supervision=True (a head on every X^{0,j})")
+        height, width = x.shape[-2:]
+        nodes = self.top_row(self.pad(x), self.levels)
+        return [head(node)[..., :height, :width] for head, node in zip(self.heads, nodes)]
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if self.training and self.deep_supervision:
+            return self.forward_heads(x)
+        level = self.levels if self.training or self.prune is None else self.prune
+        height, width = x.shape[-2:]
+        node = self.top_row(self.pad(x), level)[-1]
+        head = self.heads[level - 1] if self.deep_supervision else self.heads[0]
+        return head(node)[..., :height, :width]
+
+
+@register_model(
+    task="segmentation",
+    input_size=(3, 256, 256),
+    paper="Zhou et al., 2018, UNet++: A Nested U-Net Architecture for Medical Image Segmentation",
+)
+def unetplusplus(
+    num_classes: int = 2, backbone: str | None = None, in_chans: int = 3, **kwargs: Any
+) -> UNetPlusPlus:
+    """U-Net++ (:class:`UNetPlusPlus`): the classic encoder without ``backbone``, else that registered
+    classifier's stages.
+
+    Args:
+        num_classes: output channels, background included.
+        backbone: registered classifier of the encoder, or ``None`` for the classic U-Net encoder.
+        in_chans: image channels.
+        **kwargs: options of :class:`UNetPlusPlus` and, with a backbone, of its builder (``weights=``).
+    """
+    return UNetPlusPlus(in_chans=in_chans, num_classes=num_classes, backbone=backbone, **kwargs)
