@@ -1,4 +1,5 @@
-"""``cnnkit eval RUN_DIR|CHECKPOINT [--json] [--output DIR]``: metrics of a trained model on its validation split."""
+"""``cnnkit eval RUN_DIR|CHECKPOINT|MODEL.onnx [data=NAME] [--json] [--output DIR]``: metrics of a trained model
+on its validation split (an ONNX file exported from a run runs in onnxruntime)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "mIoU, Dice and per-class IoU (segmentation)."
         ),
     )
-    parser.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    parser.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
     parser.add_argument(
         "data",
         nargs="?",
@@ -36,10 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the metrics table (or JSON); write the task's metric plots (PR curves for detection)."""
-    from cnnkit.engine.build import task_class
-    from cnnkit.engine.checkpoint import read_metadata
-    from cnnkit.engine.config import config_from_dict
-    from cnnkit.engine.inference import evaluate, resolve_checkpoint
+    from cnnkit.engine.inference import evaluate, load
     from cnnkit.errors import ConfigError
 
     data = None
@@ -47,13 +45,11 @@ def run(args: argparse.Namespace) -> int:
         key, sep, data = args.data.partition("=")
         if key != "data" or not sep or not data:
             raise ConfigError(f"expected data=NAME after the run, e.g. data=coco:PATH; got {args.data!r}")
-    metrics = evaluate(args.checkpoint, data=data)
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    out = pathlib.Path(args.output) if args.output else checkpoint.parent / "eval"
+    predictor = load(args.checkpoint)
+    metrics = evaluate(predictor, data=data)
+    out = pathlib.Path(args.output) if args.output else predictor.checkpoint.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    meta = read_metadata(checkpoint)
-    task = task_class(config_from_dict(meta["config"]))(None, meta["classes"], (0.0,), (1.0,))
-    for path in task.plot_metrics(metrics, out):
+    for path in predictor.task.plot_metrics(metrics, out):
         metrics[f"{path.stem}_png"] = str(path)
     if args.json:
         print(json.dumps(metrics))

@@ -8,6 +8,12 @@ with the unfused PyTorch model by :func:`cnnkit.export.check_export`: the relati
 ``max |file - PyTorch| / max |PyTorch|`` is printed with the tolerance, and past ``TOLERANCE`` the command
 fails with exit code 1. A model whose outputs are all zero on the sample cannot be checked (any file
 would match): that is one line on stderr and exit code 2, like other bad input; the file stays written.
+
+An ONNX file exported from a run carries in its metadata what inference needs (task, classes, input size and
+normalisation, post-processing options, config, cnnkit version:
+:func:`cnnkit.engine.inference.export_metadata`), so that ``cnnkit predict model.onnx IMAGE`` and
+``cnnkit.load("model.onnx")`` need nothing else. A model whose card says it cannot be exported (two-stage
+detectors) is refused in one line.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import os
 import pathlib
 import sys
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,27 +71,21 @@ def is_checkpoint_path(target: str) -> bool:
     )
 
 
-def _check_exportable(card) -> None:
-    """Refuse a model whose card says it cannot be exported (two-stage detectors)."""
-    if not card.extra.get("exportable", True):
-        raise ConfigError(
-            f"{card.name} cannot be exported: its proposal selection (top-k, NMS, RoI sampling) depends on "
-            "the data; export a yolo or segmentation model, or run it in PyTorch"
-        )
-
-
 def load_export_target(
     target: str, weights: str | None, input_size: tuple[int, int, int] | None
-) -> tuple[nn.Module, str, tuple[int, int, int]]:
-    """The eval model a target names, a file stem for it, and the ``(C, H, W)`` input to export at.
+) -> tuple[nn.Module, str, tuple[int, int, int], dict[str, Any] | None]:
+    """The eval model a target names, a file stem for it, the ``(C, H, W)`` input to export at, and the
+    checkpoint's metadata (``None`` for a model name).
 
     Raises:
         DataError: a missing checkpoint, or one not written by ``cnnkit train``.
         ConfigError: an unknown model name, ``--weights`` with a checkpoint, or an input below the
             model's minimum size.
     """
+    from cnnkit.export.formats import check_exportable
     from cnnkit.tasks import create_model, model_card
 
+    meta = None
     if is_checkpoint_path(target):
         from cnnkit.engine.build import task_class
         from cnnkit.engine.inference import load_run_model
@@ -92,13 +93,13 @@ def load_export_target(
         if weights is not None:
             raise ConfigError("--weights goes with a model name; a checkpoint already holds its weights")
         model, meta, config = load_run_model(target)
-        _check_exportable(model_card(config.model))
+        check_exportable(model_card(config.model))
         stem = pathlib.Path(target).resolve().name.removesuffix(".safetensors")
         size = input_size or (meta["input"]["channels"], meta["input"]["size"], meta["input"]["size"])
         card = model_card(task_class(config).weights_card(config) or config.model)
     else:
         card = model_card(target)
-        _check_exportable(card)
+        check_exportable(card)
         size = input_size or card.input_size
         kwargs = {"in_chans": size[0]} if size[0] != card.input_size[0] else {}
         model, stem = create_model(target, weights=weights, **kwargs).eval(), target
@@ -107,7 +108,18 @@ def load_export_target(
         raise ConfigError(
             f"{card.name} needs an input of at least {min_h}x{min_w} pixels, got {size[1]}x{size[2]}"
         )
-    return model, stem, size
+    return model, stem, size, meta
+
+
+def run_metadata(meta: dict[str, Any], size: tuple[int, int, int], outputs: Any) -> dict[str, str] | None:
+    """The ONNX metadata of a run's file exported at ``size`` (``None`` when ``--input`` asked for an input
+    the run's pre-processing cannot produce: another channel count or a non-square size)."""
+    from cnnkit.engine.inference import export_metadata, output_structure
+
+    channels, height, width = size
+    if channels != meta["input"]["channels"] or height != width:
+        return None
+    return export_metadata({**meta, "input": {**meta["input"], "size": height}}, output_structure(outputs))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnkit.export.formats import SUFFIXES
 
     input_size = parse_input_size(args.input) if args.input is not None else None
-    model, stem, size = load_export_target(args.target, args.weights, input_size)
+    model, stem, size, meta = load_export_target(args.target, args.weights, input_size)
     output = pathlib.Path(args.output or f"{stem}{SUFFIXES[args.format]}")
     if not output.parent.is_dir():
         raise DataError(f"--output folder not found: {output.parent}")
@@ -131,13 +143,16 @@ def run(args: argparse.Namespace) -> int:
     samples = [torch.randn(n, *size, generator=generator) for n in batches]
     try:
         with torch.no_grad():
-            model(samples[0])
+            outputs = model(samples[0])
     except RuntimeError as err:  # e.g. a fixed-size head fed another size: the user's input
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{stem} cannot run on a {'x'.join(map(str, size))} input: {first_line}") from None
     fused = fuse(model)
     if args.format == "onnx":
-        export_onnx(fused, output, samples[0], opset=args.opset, dynamic_batch=args.dynamic_batch)
+        metadata = run_metadata(meta, size, outputs) if meta is not None else None
+        export_onnx(
+            fused, output, samples[0], opset=args.opset, dynamic_batch=args.dynamic_batch, metadata=metadata
+        )
     else:
         export_torchscript(fused, output, samples[0])
     batch = "dynamic" if args.dynamic_batch else 1

@@ -1,4 +1,9 @@
-"""``cnnkit predict CHECKPOINT IMAGE... [--json]``: classes, boxes or masks for images, with a trained model.
+"""``cnnkit predict RUN|CHECKPOINT|MODEL.onnx IMAGE... [--json] [--runtime onnxruntime]``: classes, boxes or
+masks for images, with a trained model.
+
+An ONNX file exported from a run (``cnnkit export RUN --format onnx``) runs with onnxruntime and the same pre-
+and post-processing as the run (:class:`cnnkit.engine.inference.OnnxPredictor`). ``--runtime onnxruntime``
+with a run exports it once to ``RUN/model.onnx`` (:func:`cnnkit.export.onnx_for_run`) and uses that file.
 
 Classification prints the top-k classes of each image. Detection prints each image's boxes and writes the
 image with its boxes drawn (and instance masks, for Mask R-CNN); segmentation writes a colour overlay of the
@@ -24,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "are overlaid; pictures are written to --output."
         ),
     )
-    parser.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    parser.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--topk", type=int, default=5, help="classes per image (classification; default 5)")
     parser.add_argument(
@@ -34,6 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--output", metavar="DIR", help="where drawn images go (default: predict/ beside the run)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="run a run's model in PyTorch (default) or in onnxruntime, exported once to RUN/model.onnx "
+        "(an .onnx file always runs in onnxruntime)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -44,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {args.topk}")
-    predictor = load(args.checkpoint)
+    target = args.checkpoint
+    if args.runtime == "onnxruntime" and not str(target).endswith(".onnx"):
+        from cnnkit.export import onnx_for_run
+
+        target = onnx_for_run(target)
+    predictor = load(target)
     output = pathlib.Path(args.output) if args.output else predictor.checkpoint.parent / "predict"
     results = predictor.predict(args.images, topk=args.topk, conf=args.conf, output=output)
     if args.json:

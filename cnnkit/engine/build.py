@@ -30,6 +30,7 @@ from cnnkit.engine.callbacks import (
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.engine.config import TrainConfig, apply_overrides, config_to_dict
 from cnnkit.engine.distributed import DistributedContext
+from cnnkit.engine.loggers import build_loggers
 from cnnkit.engine.optim import build_optimizer, build_scheduler
 from cnnkit.engine.trainer import Callback, Phase, Trainer
 from cnnkit.errors import ConfigError
@@ -297,6 +298,8 @@ def build_trainer(
         all_callbacks.append(ProgressCallback(metric))
     if config.plots:
         all_callbacks.append(PlotsCallback(run_dir, metric))
+    # TensorBoard / MLflow: after the checkpoints and plots, whose files they log when the run ends
+    all_callbacks.extend(build_loggers(config, run_dir))
     all_callbacks.extend(callbacks)
     trainer = Trainer(
         model,

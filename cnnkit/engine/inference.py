@@ -1,14 +1,21 @@
-"""Use a trained model: load a run or checkpoint, evaluate it on a dataset, predict images.
+"""Use a trained model: load a run, a checkpoint or an exported ONNX file, evaluate it on a dataset, predict
+images.
 
 ``load(path)`` gives a :class:`Predictor` whose ``predict(images)`` returns what ``cnnkit predict --json``
 prints; ``evaluate(path)`` returns what ``cnnkit eval --json`` prints. Both go through the run's task
 (:class:`cnnkit.tasks.base.Task`): its input geometry (:meth:`~cnnkit.tasks.base.Task.preprocess`), its
 normalisation and its post-processing into the original image's pixels.
+
+An ONNX file written by ``cnnkit export RUN --format onnx`` carries in its metadata what this needs
+(:func:`export_metadata`): ``load("model.onnx")`` gives an :class:`OnnxPredictor`, the same task object around
+an onnxruntime session instead of the PyTorch model, so both runtimes share one pre- and post-processing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -17,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnkit.engine.build import build_data, build_model, build_task, eval_loader
+from cnnkit.engine.build import build_data, build_model, build_task, eval_loader, task_class
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.engine.config import TrainConfig, config_from_dict
-from cnnkit.errors import DataError
+from cnnkit.errors import ConfigError, DataError
 from cnnkit.tasks.base import PredictOptions, Task
 
 ImageLike = Any
@@ -115,6 +122,16 @@ class Predictor:
         """The model's class names."""
         return self.task.classes
 
+    def forward(self, images: torch.Tensor) -> Any:
+        """The model's raw outputs for a normalised batch (what :meth:`Task.postprocess` and the task's
+        evaluator take).
+
+        Shape:
+            - images: ``(B, C, size, size)`` float32 on :attr:`device`
+            - Output: the model's, e.g. ``(B, K)`` logits or a list of detection maps
+        """
+        return self.model(images)
+
     def _read(self, image: ImageLike) -> torch.Tensor:
         """One input as a ``(C, H, W)`` uint8 tensor with the model's channels."""
         from cnnkit.data import read_image
@@ -183,7 +200,7 @@ class Predictor:
             originals = [self._read(image) for image in chunk]
             prepared = [self.task.preprocess(image, self.input_size) for image in originals]
             batch = torch.stack([x for x, _ in prepared]).to(self.device)
-            outputs = self.model(self.task.normalize(batch))
+            outputs = self.forward(self.task.normalize(batch))
             predictions = self.task.postprocess(outputs, [info for _, info in prepared], options)
             for offset, (source, original, prediction) in enumerate(zip(chunk, originals, predictions)):
                 name = str(source) if isinstance(source, str | pathlib.Path) else start + offset
@@ -219,12 +236,193 @@ def _task_for(config: TrainConfig, model: nn.Module, meta: dict[str, Any]) -> Ta
     )
 
 
-def load(path: str | pathlib.Path, device: str | torch.device | None = None) -> Predictor:
-    """A :class:`Predictor` for a run directory or a ``cnnkit train`` checkpoint.
+METADATA_PREFIX = "cnnkit."
+"""Prefix of the keys :func:`export_metadata` writes into an ONNX file's ``metadata_props``."""
+
+
+def task_options(config: TrainConfig) -> dict[str, Any]:
+    """Every option of a run's task object: the task class's defaults, then the config's own keys
+    (:meth:`~cnnkit.tasks.base.Task.config_options`), then ``task_kwargs`` (e.g. a detector's
+    ``score_threshold``, ``iou_threshold`` and ``max_detections``)."""
+    cls = task_class(config)
+    base = set(inspect.signature(Task.__init__).parameters)
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(cls).parameters.items()
+        if name not in base and p.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **cls.config_options(config), **config.task_kwargs}
+
+
+def output_structure(outputs: Any) -> str:
+    """How a model returns its outputs: ``"tensor"`` (one), ``"list"`` or ``"tuple"`` (several, e.g. a YOLO
+    detector's maps per level), so that the outputs of an exported file can be handed back in that form."""
+    if isinstance(outputs, torch.Tensor):
+        return "tensor"
+    if isinstance(outputs, list | tuple) and all(isinstance(o, torch.Tensor) for o in outputs):
+        return type(outputs).__name__
+    raise ConfigError(f"cannot export a model whose outputs are a {type(outputs).__name__}")
+
+
+def export_metadata(meta: dict[str, Any], outputs: str) -> dict[str, str]:
+    """What a file exported from a run needs to predict on its own, as ONNX ``metadata_props``.
+
+    Every key starts with :data:`METADATA_PREFIX` and every value is a JSON text:
+
+    ================  ===========================================================================
+    key               value
+    ================  ===========================================================================
+    ``task``          the task's registry name (``classification``, ``detection``...)
+    ``model``         the registered model (``yolo``, ``unet``, ``lenet5``...)
+    ``classes``       class names, label order (no background)
+    ``input``         ``{"channels", "size", "mean", "std"}``: images are converted to ``channels``,
+                      brought to ``size x size`` by the task's pre-processing (letterbox for
+                      detection and segmentation, shorter side + centre crop for classification),
+                      scaled to ``[0, 1]`` and normalised with ``mean`` / ``std``
+    ``task_options``  the task object's options (:func:`task_options`): post-processing settings
+    ``outputs``       ``"tensor"``, ``"list"`` or ``"tuple"`` (:func:`output_structure`)
+    ``config``        the run's resolved config (what rebuilds the task and its model)
+    ``version``       the cnnkit version that wrote the file
+    ================  ===========================================================================
+
+    Args:
+        meta: the checkpoint's metadata (``config``, ``classes``, ``input``), as ``cnnkit train`` writes it.
+        outputs: the model's :func:`output_structure`.
+
+    Returns:
+        ``{"cnnkit.task": '"detection"', ...}``.
+    """
+    import cnnkit
+
+    config = config_from_dict(meta["config"])
+    values = {
+        "task": config.task,
+        "model": config.model,
+        "classes": list(meta["classes"]),
+        "input": meta["input"],
+        "task_options": task_options(config),
+        "outputs": outputs,
+        "config": meta["config"],
+        "version": cnnkit.__version__,
+    }
+    return {f"{METADATA_PREFIX}{key}": json.dumps(value) for key, value in values.items()}
+
+
+def read_export_metadata(custom: dict[str, str], path: pathlib.Path) -> dict[str, Any]:
+    """The values :func:`export_metadata` wrote, from a file's ``metadata_props`` (``custom``).
 
     Raises:
-        DataError: no checkpoint there, or one ``cnnkit train`` did not write.
+        DataError: the file holds no cnnkit metadata (not exported from a run by ``cnnkit export``).
     """
+    values = {
+        key[len(METADATA_PREFIX) :]: json.loads(text)
+        for key, text in custom.items()
+        if key.startswith(METADATA_PREFIX)
+    }
+    missing = {"config", "classes", "input", "outputs"} - set(values)
+    if missing:
+        raise DataError(
+            f"{path}: no cnnkit metadata ({', '.join(sorted(missing))}) in this ONNX file; predict with a file "
+            "written by `cnnkit export RUN --format onnx` from a trained run"
+        )
+    return values
+
+
+class OnnxPredictor(Predictor):
+    """A :class:`Predictor` that runs an exported ONNX file with onnxruntime (CPU): same reading of images,
+    same task object for pre-processing, normalisation and post-processing, so its answers are those of the
+    PyTorch path within float rounding.
+
+    The task is rebuilt from the file's metadata (:func:`export_metadata`) with a model built from the
+    stored config and randomly initialised. Its weights never run (onnxruntime computes the forward), but a
+    task's post-processing may read its model's non-learned state: :meth:`DetectionTask.decode
+    <cnnkit.tasks.detection.task.DetectionTask.decode>` calls the detector's ``postprocess``, which decodes
+    against anchors and strides computed from the config. Rebuilding the model keeps one decoding
+    implementation for both runtimes and keeps the engine ignorant of which task it serves; storing each
+    task's decoding state in the file instead would need a format per model.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: onnxruntime intra-op threads (default: torch's, so that both runtimes use as many).
+
+    Raises:
+        ConfigError: onnxruntime is not installed.
+        DataError: the file is unreadable or holds no cnnkit metadata.
+    """
+
+    def __init__(self, path: str | pathlib.Path, threads: int | None = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ConfigError(
+                "predicting with an ONNX file needs onnxruntime: pip install 'cnnkit[export]'"
+            ) from None
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise DataError(f"ONNX file not found: {path}")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own untyped errors on a bad file
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DataError(f"{path}: not a readable ONNX file ({first})") from None
+        self.metadata = read_export_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        config = config_from_dict(self.metadata["config"])
+        spec = self.metadata["input"]
+        classes = list(self.metadata["classes"])
+        decoder = build_model(config, classes, spec["channels"]).eval()
+        self.device = torch.device("cpu")
+        self.model = None
+        self.task = _task_for(config, decoder, self.metadata)
+        self.input_size = spec["size"]
+        self.channels = spec["channels"]
+        self.checkpoint = path
+        self.config = config
+        self.structure = self.metadata["outputs"]
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        batch = graph_input.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+
+    def forward(self, images: torch.Tensor) -> Any:
+        """The file's outputs for a normalised batch, in the form the PyTorch model returns them.
+
+        A file exported with a fixed batch (no ``--dynamic-batch``) runs in chunks of that batch, the last
+        one padded with zeros.
+
+        Shape:
+            - images: ``(B, C, size, size)`` float32
+            - Output: a tensor or a list/tuple of tensors, each with ``B`` rows
+        """
+        x = images.detach().float().cpu().contiguous().numpy()
+        step = self.fixed_batch or len(x)
+        chunks = []
+        for start in range(0, len(x), step):
+            chunk = x[start : start + step]
+            if len(chunk) < step:
+                chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            rows = min(step, len(x) - start)
+            chunks.append([y[:rows] for y in self.session.run(None, {self.input_name: chunk})])
+        outputs = [torch.from_numpy(np.concatenate(parts)) for parts in zip(*chunks)]
+        if self.structure == "tensor":
+            return outputs[0]
+        return tuple(outputs) if self.structure == "tuple" else outputs
+
+
+def load(path: str | pathlib.Path, device: str | torch.device | None = None) -> Predictor:
+    """A :class:`Predictor` for a run directory, a ``cnnkit train`` checkpoint or an ONNX file exported
+    from a run (an :class:`OnnxPredictor`, on the CPU).
+
+    Raises:
+        DataError: no checkpoint there, one ``cnnkit train`` did not write, or an ONNX file without cnnkit
+            metadata.
+        ConfigError: an ONNX file with onnxruntime missing.
+    """
+    if pathlib.Path(path).suffix == ".onnx":
+        return OnnxPredictor(path)
     model, meta, config = load_run_model(path)
     spec = meta["input"]
     return Predictor(
@@ -240,15 +438,15 @@ def load(path: str | pathlib.Path, device: str | torch.device | None = None) -> 
 
 @torch.no_grad()
 def evaluate(
-    path: str | pathlib.Path, data: str | None = None, device: str | torch.device | None = None
+    path: str | pathlib.Path | Predictor, data: str | None = None, device: str | torch.device | None = None
 ) -> dict[str, Any]:
     """Evaluate a trained model on its run's validation split, or on another dataset.
 
     Args:
-        path: a run directory or checkpoint.
+        path: a run directory, a checkpoint, an ONNX file exported from a run, or a loaded :class:`Predictor`.
         data: another ``data=`` name of the run's task (``coco:PATH``...): its validation split is used,
             with the run's image size and channels.
-        device: where to run (default CUDA when available).
+        device: where to run (default CUDA when available; an ONNX file runs on the CPU).
 
     Returns:
         The task evaluator's metrics (classification: accuracy, top-5, per class, confusion; detection: COCO
@@ -258,25 +456,24 @@ def evaluate(
     Raises:
         DataError: a dataset whose classes differ from the model's.
     """
-    model, meta, config = load_run_model(path)
+    predictor = path if isinstance(path, Predictor) else load(path, device)
+    config = predictor.config
     if data is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, name=data))
     dataset = build_data(config)
-    classes = list(meta["classes"])
+    classes = predictor.classes
     if data is not None and list(dataset.classes) != classes:
         raise DataError(
             f"{data}: its classes {list(dataset.classes)} differ from the model's {classes}; "
             "evaluate on data with the same classes"
         )
-    task = _task_for(config, model, meta)
-    target = _device(device)
-    model.to(target)
+    task = predictor.task
     evaluator = task.evaluator()
     for batch in eval_loader(config, dataset.val, task).epoch(0):
-        images, targets = task.prepare(batch, train=False, device=target)
-        evaluator.update(model(images), targets)
+        images, targets = task.prepare(batch, train=False, device=predictor.device)
+        evaluator.update(predictor.forward(images), targets)
     metrics = evaluator.compute()
     metrics["classes"] = classes
     metrics["task"] = config.task
-    metrics["checkpoint"] = str(resolve_checkpoint(path))
+    metrics["checkpoint"] = str(predictor.checkpoint)
     return metrics

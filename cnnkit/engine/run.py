@@ -21,6 +21,7 @@ from cnnkit.engine.callbacks import CheckpointCallback
 from cnnkit.engine.checkpoint import load_checkpoint
 from cnnkit.engine.config import TrainConfig, apply_overrides, load_config, resolve, save_config
 from cnnkit.engine.distributed import DistributedContext
+from cnnkit.engine.loggers import require_installed
 from cnnkit.engine.trainer import Callback, seed_everything
 from cnnkit.errors import DataError
 from cnnkit.models.registry import model_card
@@ -89,6 +90,7 @@ def train(
         config = resolve(apply_overrides(config, values))
     else:
         config = load_config(config, values=values)
+    require_installed(config.logger)  # a missing tracker stops the run before its directory exists
     start = time.perf_counter()
     threads = config.threads if config.threads is not None else auto_threads(config)
     if threads is not None:

@@ -4,8 +4,12 @@ from cnnkit.export.blocks import FoldedConvNeXtBlock, inference_blocks
 from cnnkit.export.formats import (
     RELATIVE_TOLERANCE,
     check_export,
+    check_exportable,
     export_onnx,
+    export_run,
     export_torchscript,
+    onnx_for_run,
+    read_onnx_metadata,
     run_exported,
 )
 from cnnkit.export.fuse import FoldPair, find_fold_pairs, fold_batchnorm, fuse
@@ -31,6 +35,10 @@ __all__ = [
     "inference_blocks",
     "best_call_times",
     "check_export",
+    "check_exportable",
+    "export_run",
+    "onnx_for_run",
+    "read_onnx_metadata",
     "measure_channels_last",
     "optimize_for_inference",
     "run_exported",

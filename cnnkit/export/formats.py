@@ -44,6 +44,7 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> pathlib.Path:
     """Write ``model`` (in eval mode) as an ONNX file traced on ``example_input``.
 
@@ -54,13 +55,16 @@ def export_onnx(
             the batch dimension.
         opset: ONNX operator set version.
         dynamic_batch: make dim 0 of the input and outputs symbolic (``batch``).
+        metadata: texts stored in the file's ``metadata_props`` (what inference needs to use the file
+            alone: :func:`cnnkit.engine.inference.export_metadata`); needs the ``onnx`` package.
 
     Returns:
-        ``path``. The graph input is named ``input`` and the output ``output``.
+        ``path``. The graph input is named ``input`` and the first output ``output`` (a model returning a
+        list or tuple has one output per element, the others named by the exporter).
 
     Raises:
-        ConfigError: an opset outside :data:`OPSET_RANGE`, or the exporter rejected the model (its first
-            message line is kept).
+        ConfigError: an opset outside :data:`OPSET_RANGE`, the exporter rejected the model (its first
+            message line is kept), or ``metadata`` without the ``onnx`` package.
     """
     low, high = OPSET_RANGE
     if not low <= opset <= high:
@@ -83,7 +87,89 @@ def export_onnx(
             )
     except (RuntimeError, ValueError, torch.onnx.errors.OnnxExporterError) as err:
         raise ConfigError(f"ONNX export (opset {opset}) failed: {_first_line(err)}") from None
+    if metadata:
+        _write_metadata(path, metadata)
     return path
+
+
+def _write_metadata(path: pathlib.Path, metadata: dict[str, str]) -> None:
+    try:
+        import onnx
+    except ImportError as err:
+        raise ConfigError(
+            "writing ONNX metadata needs the onnx package: pip install 'cnnkit[export]' (onnx, onnxruntime)"
+        ) from err
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = next((p for p in proto.metadata_props if p.key == key), None) or proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def read_onnx_metadata(path: str | pathlib.Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (``{key: text}``), read with onnxruntime."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def check_exportable(card) -> None:
+    """Refuse a model whose card says it cannot be exported (two-stage detectors: ``extra={"exportable":
+    False}``).
+
+    Raises:
+        ConfigError: one line saying why and what to export instead.
+    """
+    if not card.extra.get("exportable", True):
+        raise ConfigError(
+            f"{card.name} cannot be exported: its proposal selection (top-k, NMS, RoI sampling) depends on "
+            "the data; export a yolo or segmentation model, or run it in PyTorch"
+        )
+
+
+def export_run(
+    run: str | pathlib.Path,
+    path: str | pathlib.Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+) -> float:
+    """Export a ``cnnkit train`` run (its ``best`` checkpoint, else ``last``) as a self-describing ONNX file,
+    and check it against PyTorch.
+
+    The eval model is fused (:func:`cnnkit.export.fuse`), exported at the run's input size with the
+    metadata :func:`cnnkit.engine.inference.export_metadata` (task, classes, input, post-processing options,
+    config, version), run back with onnxruntime on standard-normal samples (batches 1 and 3 with a
+    dynamic batch) and compared with the unfused model (:func:`check_export`).
+
+    Args:
+        run: a run directory or checkpoint.
+        path: the ``.onnx`` file to write.
+        opset: ONNX operator set version.
+        dynamic_batch: symbolic batch dimension (what ``cnnkit predict`` batches need).
+
+    Returns:
+        The relative error (:func:`check_export`), to compare with :data:`RELATIVE_TOLERANCE`.
+
+    Raises:
+        ConfigError: a model that cannot be exported (:func:`check_exportable`), or one whose outputs are
+            all zero on the sample. DataError: no checkpoint of ``cnnkit train`` there.
+    """
+    from cnnkit.engine.inference import export_metadata, load_run_model, output_structure
+    from cnnkit.export.fuse import fuse
+    from cnnkit.models.registry import model_card
+
+    model, meta, config = load_run_model(run)
+    check_exportable(model_card(config.model))
+    size = (meta["input"]["channels"], meta["input"]["size"], meta["input"]["size"])
+    generator = torch.Generator().manual_seed(0)
+    samples = [torch.randn(n, *size, generator=generator) for n in ((1, 3) if dynamic_batch else (1,))]
+    with torch.no_grad():
+        structure = output_structure(model(samples[0]))
+    metadata = export_metadata(meta, structure)
+    export_onnx(fuse(model), path, samples[0], opset=opset, dynamic_batch=dynamic_batch, metadata=metadata)
+    return check_export(path, model, samples)
 
 
 def export_torchscript(
@@ -202,6 +288,37 @@ def check_export(path: str | pathlib.Path, model: nn.Module, samples: Sequence[t
                 )
             worst = max(worst, (g.to(e.dtype) - e).abs().max().item() / scale)
     return worst
+
+
+CACHED_ONNX = "model.onnx"
+"""The file :func:`onnx_for_run` keeps in a run directory."""
+
+
+def onnx_for_run(run: str | pathlib.Path) -> pathlib.Path:
+    """The run's self-describing ONNX file ``RUN/model.onnx`` (dynamic batch), exported by
+    :func:`export_run` the first time and again whenever the run's checkpoint is newer than it.
+
+    Raises:
+        ConfigError: the model cannot be exported, or the file differs from PyTorch past
+            :data:`RELATIVE_TOLERANCE` (it is then removed).
+        DataError: no checkpoint of ``cnnkit train`` there.
+    """
+    from cnnkit.engine.inference import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(run)
+    path = checkpoint.parent / CACHED_ONNX
+    if path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime:
+        return path
+    partial = path.with_name(f".partial-{path.name}")  # an .onnx name: check_export runs it with onnxruntime
+    error = export_run(checkpoint, partial)
+    if not error <= RELATIVE_TOLERANCE:
+        partial.unlink()
+        raise ConfigError(
+            f"{checkpoint}: its ONNX export differs from PyTorch (relative error {error:.3g} > "
+            f"{RELATIVE_TOLERANCE:g}); predict with the PyTorch runtime"
+        )
+    partial.replace(path)  # two processes exporting at once leave one whole file
+    return path
 
 
 def _tensors(output: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,0 +1,187 @@
+"""``predict`` through PyTorch and through onnxruntime: images/s with pre- and post-processing included.
+
+For one model per task (two classifiers), a run directory is written with randomly initialised weights (the
+time of a forward pass does not depend on the weights' values) and loaded twice: ``cnnkit.load(RUN)`` (the
+PyTorch path, eager under ``torch.no_grad``) and ``cnnkit.load(RUN/model.onnx)`` (the file exported by
+``cnnkit.export.onnx_for_run``, run by onnxruntime with the same task object around it). A third path,
+``torch-opt``, is the PyTorch predictor with its model replaced by ``optimize_for_inference`` (folded
+BatchNorms, flat graph, layout measured on the benchmark batch); with ``--compile`` a fourth,
+``torch-compile``, adds ``torch.compile`` (inductor) to it (compiling takes minutes per model and batch on a
+small CPU). Each path predicts the same decoded uint8
+images (375x500, VOC's typical size: the task's resize / letterbox, normalisation, forward, post-processing
+into the original pixels; reading files is left out), ``batch`` images per call, in interleaved rounds; a
+path's figure is its best round. Ratios are over the PyTorch path.
+
+Detection's post-processing with random weights keeps almost no box (scores of about 1e-4 against the default
+threshold of 0.25), so its figures are those of a quiet scene; decoding and NMS are the same code after both
+runtimes.
+
+    python benchmarks/predict_runtime.py                         # every model, batch 1 and 16
+    python benchmarks/predict_runtime.py resnet18 --batch 8 --rounds 10
+    python benchmarks/predict_runtime.py --threads 1             # one thread for torch and onnxruntime alike
+    python benchmarks/predict_runtime.py resnet18 --batch 8 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import cnnkit
+from cnnkit.engine.build import build_model
+from cnnkit.engine.checkpoint import save_weights
+from cnnkit.engine.config import config_to_dict, load_config
+from cnnkit.engine.inference import Predictor
+from cnnkit.export import RELATIVE_TOLERANCE, export_run, optimize_for_inference
+from cnnkit.export.formats import CACHED_ONNX
+
+RUNS = {
+    "resnet18": {"task": "classification", "model": "resnet18", "size": 224, "channels": 3, "classes": 10},
+    "convnext_tiny": {
+        "task": "classification",
+        "model": "convnext_tiny",
+        "size": 224,
+        "channels": 3,
+        "classes": 10,
+    },
+    # the shipped recipes' detector and segmenter (cnnkit/recipes/yolo.yaml, unet.yaml), at 128x128
+    "yolo": {
+        "task": "detection",
+        "model": "yolo",
+        "backbone": "mobilenet_v3_large",
+        "model_kwargs": {"fpn_channels": 64, "aspect_ratios": [1.0]},
+        "size": 128,
+        "channels": 1,
+        "classes": 10,
+    },
+    "unet": {
+        "task": "segmentation",
+        "model": "unet",
+        "backbone": "mobilenet_v3_large",
+        "model_kwargs": {"score_stages": [3, 2, 1]},
+        "size": 128,
+        "channels": 1,
+        "classes": 10,
+    },
+}
+PATHS = ("torch", "torch-opt", "torch-compile", "onnxruntime")
+
+
+def write_run(name: str, root: Path) -> Path:
+    """A run directory holding a randomly initialised model of ``RUNS[name]`` and its metadata."""
+    spec = dict(RUNS[name])
+    size, channels, count = spec.pop("size"), spec.pop("channels"), spec.pop("classes")
+    config = load_config(None, values={**spec, "recipe": "none", "data.image_size": size})
+    classes = [str(c) for c in range(count)]
+    torch.manual_seed(0)
+    model = build_model(config, classes, channels).eval()
+    meta = {
+        "config": config_to_dict(config),
+        "classes": classes,
+        "input": {"channels": channels, "size": size, "mean": [0.5] * channels, "std": [0.25] * channels},
+    }
+    run = root / name
+    run.mkdir()
+    save_weights(run / "best.safetensors", model, meta)
+    return run
+
+
+def optimized(run: Path, example: torch.Tensor, compile: bool) -> Predictor | None:
+    """The run's PyTorch predictor with ``optimize_for_inference(model)`` (``None`` when that fails)."""
+    predictor = cnnkit.load(run, device="cpu")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            predictor.model = optimize_for_inference(predictor.model, example_input=example, compile=compile)
+    except Exception as err:  # a model the fx-based optimisation cannot take: reported, not timed
+        print(f"  {run.name}: optimize_for_inference failed ({type(err).__name__}: {err})")
+        return None
+    return predictor
+
+
+def predictors(run: Path, batch: int, compile: bool) -> dict[str, Predictor]:
+    """One predictor per path (the run's ONNX file already exported), the optimised model's layout
+    measured on a batch of ``batch``."""
+    plain = cnnkit.load(run, device="cpu")
+    example = torch.randn(batch, plain.channels, plain.input_size, plain.input_size)
+    paths = {
+        "torch": plain,
+        "torch-opt": optimized(run, example, False),
+        "torch-compile": optimized(run, example, True) if compile else None,
+        "onnxruntime": cnnkit.load(run / CACHED_ONNX),
+    }
+    return {key: predictor for key, predictor in paths.items() if predictor is not None}
+
+
+def measure(
+    name: str, root: Path, batches: list[int], rounds: int, compile: bool
+) -> list[tuple[int, dict[str, float]]]:
+    run = write_run(name, root)
+    error = export_run(run, run / CACHED_ONNX)  # fused, dynamic batch, with the metadata predict reads
+    assert error <= RELATIVE_TOLERANCE, f"{name}: the ONNX file differs from PyTorch by {error:.3g}"
+    rows = []
+    for batch in batches:
+        paths = predictors(run, batch, compile)
+        channels = paths["torch"].channels
+        generator = torch.Generator().manual_seed(batch)
+        images = [
+            torch.randint(0, 256, (channels, 375, 500), dtype=torch.uint8, generator=generator)
+            for _ in range(batch)
+        ]
+        for predictor in paths.values():  # warm-up (first-call allocations, lazy initialisation)
+            predictor.predict(images, batch_size=batch)
+        best = dict.fromkeys(paths, float("inf"))
+        for _ in range(rounds):
+            for key, predictor in paths.items():
+                start = time.perf_counter()
+                predictor.predict(images, batch_size=batch)
+                best[key] = min(best[key], time.perf_counter() - start)
+        rows.append((batch, {key: batch / seconds for key, seconds in best.items()}))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("models", nargs="*", default=list(RUNS), metavar="MODEL", help=", ".join(RUNS))
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="intra-op threads of torch and onnxruntime")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (inductor)")
+    args = parser.parse_args()
+    unknown = [name for name in args.models if name not in RUNS]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(RUNS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)  # OnnxPredictor takes torch's thread count
+    import onnxruntime
+
+    print(
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads; "
+        f"best of {args.rounds} interleaved rounds; images 375x500 uint8, pre/post-processing included"
+    )
+    print()
+    shown = [key for key in PATHS[1:] if args.compile or key != "torch-compile"]
+    print(f"| model | task | input | batch | torch img/s | {' | '.join(shown)} |")
+    print(f"| --- | --- | --- | ---: | ---: |{' ---: |' * len(shown)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            spec = RUNS[name]
+            for batch, rates in measure(name, Path(tmp), args.batch, args.rounds, args.compile):
+                base = rates["torch"]
+                ratios = [f"{rates[k] / base:.2f}x" if k in rates else "n/a" for k in shown]
+                print(
+                    f"| {name} | {spec['task']} | {spec['channels']}x{spec['size']}x{spec['size']} | {batch} "
+                    f"| {base:.1f} | {' | '.join(ratios)} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
