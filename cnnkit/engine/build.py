@@ -280,10 +280,12 @@ def build_trainer(
     device = dist.device if dist else config.device
     if dist is not None:
         model = dist.wrap(model.to(dist.device))
+    # The input a trained model expects is that of the run's last phase (progressive resizing ends larger).
+    size = phase_configs(config)[-1].data.image_size or data.image_size
     extra = {
         "config": config_to_dict(config),
         "classes": data.classes,
-        "input": {"channels": data.in_chans, "size": data.image_size, "mean": list(mean), "std": list(std)},
+        "input": {"channels": data.in_chans, "size": size, "mean": list(mean), "std": list(std)},
     }
     metric = task.metric(config)
     all_callbacks: list[Callback] = [

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnkit.engine.build import build_data, build_model, build_task, eval_loader, task_class
+from cnnkit.engine.build import build_data, build_model, build_task, eval_loader, phase_configs, task_class
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.engine.config import TrainConfig, config_from_dict
 from cnnkit.errors import ConfigError, DataError
@@ -67,7 +67,10 @@ def load_run_model(path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any],
     meta = read_metadata(checkpoint)
     if "config" not in meta:
         raise DataError(f"{checkpoint} was not written by `cnnkit train` (no config in its metadata)")
-    config = config_from_dict(meta["config"])
+    # The weights were last trained in the run's last phase (progressive resizing: its image size).
+    config = phase_configs(config_from_dict(meta["config"]))[-1]
+    if config.data.image_size:
+        meta["input"]["size"] = config.data.image_size
     model = build_model(config, list(meta["classes"]), meta["input"]["channels"])
     try:
         model.load_state_dict(load_file(str(checkpoint), device="cpu"))

@@ -9,6 +9,7 @@ import yaml
 import cnnkit
 from cnnkit.cli import main
 from cnnkit.engine.build import phase_configs
+from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.engine.config import load_config
 from cnnkit.engine.recipes import list_recipes
 from cnnkit.engine.trainer import Callback
@@ -115,6 +116,11 @@ def test_phases_change_the_image_size_and_restart_the_schedule(tmp_path):
     assert len(run.history) == 3 and [row["epoch"] for row in run.history] == [1, 2, 3]
     saved = yaml.safe_load((run.dir / "config.yaml").read_text())
     assert saved["phases"] == [{"epochs": 2, "data.image_size": 48, "optim.lr": 0.001}]
+    # the trained model is evaluated and predicts at the last phase's size, where its last metrics came from
+    assert read_metadata(run.dir / "last.safetensors")["input"]["size"] == 48
+    assert cnnkit.load(run.dir).input_size == 48
+    last = cnnkit.evaluate(run.dir / "last.safetensors")
+    assert last["miou"] == pytest.approx(run.history[-1]["miou"]) and last["samples"] == 8
 
 
 def test_pretraining_runs_first_and_hands_its_weights_on(tmp_path):
