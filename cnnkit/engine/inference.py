@@ -52,6 +52,13 @@ def resolve_checkpoint(path: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
+def trained_config(values: dict[str, Any]) -> TrainConfig:
+    """The config a run's weights were last trained under, from the config stored with them: its last
+    phase's (progressive resizing ends at its largest image size), so that evaluation and prediction read
+    the data the way the weights last saw it."""
+    return phase_configs(config_from_dict(values))[-1]
+
+
 def load_run_model(path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any], TrainConfig]:
     """Rebuild a trained model from a checkpoint (or run directory) and its stored config.
 
@@ -67,8 +74,7 @@ def load_run_model(path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any],
     meta = read_metadata(checkpoint)
     if "config" not in meta:
         raise DataError(f"{checkpoint} was not written by `cnnkit train` (no config in its metadata)")
-    # The weights were last trained in the run's last phase (progressive resizing: its image size).
-    config = phase_configs(config_from_dict(meta["config"]))[-1]
+    config = trained_config(meta["config"])
     if config.data.image_size:
         meta["input"]["size"] = config.data.image_size
     model = build_model(config, list(meta["classes"]), meta["input"]["channels"])
@@ -297,7 +303,7 @@ def export_metadata(meta: dict[str, Any], outputs: str) -> dict[str, str]:
     """
     import cnnkit
 
-    config = config_from_dict(meta["config"])
+    config = trained_config(meta["config"])
     values = {
         "task": config.task,
         "model": config.model,
@@ -373,7 +379,7 @@ class OnnxPredictor(Predictor):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise DataError(f"{path}: not a readable ONNX file ({first})") from None
         self.metadata = read_export_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        config = config_from_dict(self.metadata["config"])
+        config = trained_config(self.metadata["config"])
         spec = self.metadata["input"]
         classes = list(self.metadata["classes"])
         decoder = build_model(config, classes, spec["channels"]).eval()

@@ -121,6 +121,10 @@ def test_phases_change_the_image_size_and_restart_the_schedule(tmp_path):
     assert cnnkit.load(run.dir).input_size == 48
     last = cnnkit.evaluate(run.dir / "last.safetensors")
     assert last["miou"] == pytest.approx(run.history[-1]["miou"]) and last["samples"] == 8
+    onnx = tmp_path / "unet.onnx"
+    assert main(["export", str(run.dir / "last.safetensors"), "--format", "onnx", "--output", str(onnx)]) == 0
+    assert cnnkit.load(onnx).input_size == 48
+    assert cnnkit.evaluate(onnx)["miou"] == pytest.approx(last["miou"], abs=1e-3)
 
 
 def test_pretraining_runs_first_and_hands_its_weights_on(tmp_path):
