@@ -128,7 +128,9 @@ class UNetEncoderBase(nn.Module):
         depth: classic form: number of poolings, the rows below row 0 (default 4).
         backbone: registry name of the encoder's classifier, or ``None`` for the classic form.
         decoder_channels: backbone form: the decoder width of each stage's row (default: the stage's
-            channels); the added full-resolution row has ``max(channels[0] // 2, 16)``.
+            channels); the added full-resolution row has ``max(channels[0] // 2, 16)``, or the first of
+            one more entry (one per row, finest first). Row 0's nodes run at full resolution and take most
+            of U-Net++'s multiply-adds, so its width sets the cost.
         input_skip: backbone form: the input image is the encoder map of the full-resolution row.
         **backbone_kwargs: options of the backbone's builder (e.g. ``weights``).
 
@@ -183,19 +185,22 @@ class UNetEncoderBase(nn.Module):
             raise ConfigError(
                 f"backbone {backbone!r} has reductions {reductions} that do not divide each other"
             )
-        widths = tuple(channels) if decoder_channels is None else tuple(decoder_channels)
-        if len(widths) != len(info):
-            raise ConfigError(
-                f"decoder_channels needs one entry per backbone stage ({len(info)}), got {tuple(widths)}"
-            )
         scales = tuple(r_out // r_in for r_in, r_out in zip(reductions, reductions[1:]))
         self.full_resolution_row = reductions[0] > 1
         self.input_skip = bool(input_skip) and self.full_resolution_row
+        widths = tuple(channels) if decoder_channels is None else tuple(decoder_channels)
+        top_width = max(channels[0] // 2, 16)
+        if self.full_resolution_row and len(widths) == len(info) + 1:
+            top_width, widths = widths[0], widths[1:]
+        if len(widths) != len(info):
+            rows = f"{len(info)}, or {len(info) + 1} with the full-resolution row first"
+            raise ConfigError(
+                "decoder_channels needs one entry per backbone stage "
+                f"({rows if self.full_resolution_row else len(info)}), got {tuple(decoder_channels)}"
+            )
         if self.full_resolution_row:
             skip = in_chans if self.input_skip else 0
-            self.rows = Rows(
-                (skip, *channels), (max(channels[0] // 2, 16), *widths), (reductions[0], *scales)
-            )
+            self.rows = Rows((skip, *channels), (top_width, *widths), (reductions[0], *scales))
         else:
             self.rows = Rows(tuple(channels), widths, scales)
         self.stride = max(reductions)

@@ -309,6 +309,17 @@ def test_cnnkit_summary_of_the_default_model(name, capsys):
     assert report["params"] == expected
 
 
+def test_decoder_channels_may_set_the_full_resolution_row():
+    # resnet18's stages are at reductions 4..32, so a full-resolution row is added above them
+    default = create_model("unetplusplus", backbone="resnet18", decoder_channels=(8, 8, 16, 16, 32))
+    narrow = create_model("unetplusplus", backbone="resnet18", decoder_channels=(4, 8, 8, 16, 16, 32))
+    assert default.rows.widths == (32, 8, 8, 16, 16, 32)  # max(64 // 2, 16) by default
+    assert narrow.rows.widths == (4, 8, 8, 16, 16, 32)
+    assert narrow(torch.zeros(1, 3, 37, 45)).shape == (1, 2, 37, 45)
+    with pytest.raises(ConfigError, match="or 6 with the full-resolution row first"):
+        create_model("unetplusplus", backbone="resnet18", decoder_channels=(8,) * 7)
+
+
 def test_builders_check_their_options():
     with pytest.raises(ConfigError, match="did you mean 'base_channels'"):
         create_model("unetplusplus", base_channel=4)
@@ -358,7 +369,8 @@ def test_recipe_is_the_unet_recipe_with_the_model_switched(name):
 
     config, unet = load_config(None, [f"recipe={name}"]), load_config(None, ["recipe=unet"])
     assert config.model == name and config.backbone == unet.backbone == "mobilenet_v3_large"
-    assert (config.epochs, config.phases, config.pretrain) == (unet.epochs, unet.phases, unet.pretrain)
+    assert config.pretrain == unet.pretrain and config.data.image_size == unet.data.image_size
+    assert [phase["data.image_size"] for phase in config.phases] == [128]
     measured = get_recipe(name).measured
     assert (measured["metric"], measured["target"]) == ("miou", get_recipe("unet").measured["value"] - 0.007)
     model = build_model(config, [str(digit) for digit in range(10)], 1).eval()
