@@ -17,7 +17,8 @@ A user's own data has a ``train`` and a ``val`` split (``valid`` and ``test`` ar
 - ``coco:ROOT``: ``ROOT/<split>.json`` with images under ``ROOT/<split>/`` (what :func:`cnnkit.data.write_coco`
   writes), or COCO's own ``ROOT/annotations/instances_<split>2017.json`` with ``ROOT/<split>2017/``;
 - ``yolo:ROOT``: ``ROOT/<split>/images`` and ``ROOT/<split>/labels`` (:func:`cnnkit.data.write_yolo`), class
-  names from ``ROOT/data.yaml`` or ``ROOT/<split>/data.yaml``;
+  names from ``ROOT/data.yaml`` or ``ROOT/<split>/data.yaml``; or a standard dataset YAML (``path``, ``train``,
+  ``val``, ``names``: :mod:`cnnkit.data.yolo`) as ``yolo:FILE.yaml`` or as ``ROOT/data.yaml``;
 - ``voc:ROOT``: ``ROOT/<split>/`` VOC folders (:func:`cnnkit.data.write_voc`), or one VOC folder with
   ``ImageSets/Main/<split>.txt``; class names from ``ROOT/classes.txt`` (one per line), else VOC's 20;
 - ``masks:ROOT``: ``ROOT/<split>/images`` and ``ROOT/<split>/masks`` (mask PNGs, ``0`` background, ``c + 1``
@@ -204,14 +205,21 @@ def mask_data(config: Any) -> RunData:
 
 def _user_annotated(config: Any, kind: str, with_masks: bool, semantic: bool = False) -> RunData:
     from cnnkit.data import read_coco, read_voc, read_yolo
+    from cnnkit.data.yolo import read_dataset_yaml
 
-    root = _root(config.data.name)
     mode = image_mode(_channels(config))
-    if kind == "yolo":
-        _split_dirs(root, "images/ and labels/")  # both splits exist, before reading either
+    dataset_yaml = _yolo_dataset_yaml(config.data.name) if kind == "yolo" else None
+    if dataset_yaml is not None:
+        described, names = read_dataset_yaml(dataset_yaml)
+    else:
+        root = _root(config.data.name)
+        if kind == "yolo":
+            _split_dirs(root, "images/ and labels/")  # both splits exist, before reading either
     datasets = []
     for split in ("train", "val"):
-        if kind == "coco":
+        if dataset_yaml is not None:
+            dataset = read_yolo(described[split], names, mode=mode)
+        elif kind == "coco":
             json_path, image_dir = _coco_split(root, split)
             dataset = read_coco(json_path, image_dir, with_masks=with_masks, mode=mode)
         elif kind == "yolo":
@@ -238,6 +246,19 @@ def _user_annotated(config: Any, kind: str, with_masks: bool, semantic: bool = F
     if semantic:
         wrapped = [InstancesToSemantic(d) for d in wrapped]
     return RunData(wrapped[0], wrapped[1], classes, _channels(config), size, None, None)
+
+
+def _yolo_dataset_yaml(name: str) -> pathlib.Path | None:
+    """The dataset YAML a ``yolo:`` name points to (the file itself, or a folder's ``data.yaml`` with
+    ``train`` and ``val`` keys); ``None`` for today's layout of split folders."""
+    from cnnkit.data.yolo import is_dataset_yaml
+
+    path = pathlib.Path(name.partition(":")[2]).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise DataError(f"YOLO dataset YAML not found: {path}")
+        return path
+    return path / "data.yaml" if is_dataset_yaml(path / "data.yaml") else None
 
 
 def _channels(config: Any) -> int:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -22,6 +23,7 @@ from cnnkit.data import (
     write_voc,
     write_yolo,
 )
+from cnnkit.data.yolo import YOLOSplit, read_dataset_yaml
 from cnnkit.errors import DataError
 
 
@@ -59,6 +61,51 @@ def test_yolo_round_trip(detection, tmp_path):
     data = read_yolo(tmp_path / "yolo", mode="GRAY")
     assert data.classes == detection.classes
     assert_same_items(detection, data, box_atol=1e-3)
+
+
+def test_yolo_dataset_yaml_is_the_standard_form(detection, tmp_path):
+    root = write_yolo({"train": detection, "val": detection, "test": detection}, tmp_path / "set")
+    described = yaml.safe_load((root / "data.yaml").read_text())
+    assert described == {
+        "path": str(root.resolve()),
+        "train": "train/images",
+        "val": "val/images",
+        "test": "test/images",
+        "nc": 10,
+        "names": dict(enumerate(detection.classes)),
+    }
+    splits, names = read_dataset_yaml(root / "data.yaml")
+    assert names == detection.classes and list(splits) == ["train", "val", "test"]
+    assert splits["val"] == YOLOSplit(root / "val" / "images", root / "val" / "labels")
+    assert_same_items(detection, read_yolo(splits["val"], names, mode="GRAY"), box_atol=1e-3)
+    with pytest.raises(DataError, match="already exists"):
+        write_yolo({"train": detection, "val": detection}, root)
+    with pytest.raises(DataError, match="train and val"):
+        write_yolo({"train": detection}, tmp_path / "half")
+    # moved with its YAML: the stale absolute path falls back to the YAML's folder
+    moved = root.rename(tmp_path / "moved")
+    assert read_dataset_yaml(moved / "data.yaml")[0]["train"].images == moved / "train" / "images"
+
+
+def test_yolo_dataset_yaml_other_layout_and_errors(detection, tmp_path):
+    # the images/<split> + labels/<split> layout, a relative path and names as a list
+    write_yolo(detection, tmp_path / "tmp")
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    (tmp_path / "ds" / "labels").mkdir()
+    (tmp_path / "tmp" / "images").rename(tmp_path / "ds" / "images" / "train")
+    (tmp_path / "tmp" / "labels").rename(tmp_path / "ds" / "labels" / "train")
+    (tmp_path / "cfg").mkdir()
+    spec = {"path": "../ds", "train": "images/train", "val": "images/train", "names": ["a"] * 10}
+    (tmp_path / "cfg" / "d.yaml").write_text(yaml.safe_dump(spec))
+    splits, names = read_dataset_yaml(tmp_path / "cfg" / "d.yaml")
+    assert splits["train"].labels == (tmp_path / "cfg" / "../ds/labels/train")
+    assert_same_items(detection, read_yolo(splits["train"], names, mode="GRAY"), box_atol=1e-3)
+    (tmp_path / "cfg" / "d.yaml").write_text(yaml.safe_dump({**spec, "val": "images/val"}))
+    with pytest.raises(DataError, match="val: image folder .* not found"):
+        read_dataset_yaml(tmp_path / "cfg" / "d.yaml")
+    (tmp_path / "cfg" / "d.yaml").write_text(yaml.safe_dump({**spec, "val": ["images/train"]}))
+    with pytest.raises(DataError, match="expected one image folder"):
+        read_dataset_yaml(tmp_path / "cfg" / "d.yaml")
 
 
 def test_voc_round_trip(detection, tmp_path):

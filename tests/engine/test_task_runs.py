@@ -164,6 +164,21 @@ def test_user_detection_data_in_each_format(kind, tmp_path):
     assert target["labels"].tolist() == original["labels"].tolist()
 
 
+@pytest.mark.parametrize("name", ["ROOT", "ROOT/data.yaml"])
+def test_yolo_dataset_yaml_is_read_by_a_run(name, tmp_path):
+    source = {s: MNISTDetection(s, size=3, image_size=48, seed=7) for s in ("train", "val")}
+    write_yolo(source, tmp_path / "set")
+    data_name = "yolo:" + name.replace("ROOT", str(tmp_path / "set"))
+    config = load_config(
+        None, ["model=yolo", f"data={data_name}", "data.image_size=48", "model_kwargs.in_chans=1"]
+    )
+    data = build_data(config)
+    assert data.classes == MNISTDetection.classes and len(data.train) == len(data.val) == 3
+    image, target = data.val[2]
+    assert torch.equal(image, source["val"][2][0])
+    torch.testing.assert_close(target["boxes"], source["val"][2][1]["boxes"], atol=1e-3, rtol=0)
+
+
 def test_missing_split_names_the_folder(tmp_path):
     (tmp_path / "train").mkdir()
     config = load_config(None, ["task=detection", "model=yolo", f"data=yolo:{tmp_path}"])
