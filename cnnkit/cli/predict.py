@@ -7,7 +7,8 @@ with a run exports it once to ``RUN/model.onnx`` (:func:`cnnkit.export.onnx_for_
 
 Classification prints the top-k classes of each image. Detection prints each image's boxes and writes the
 image with its boxes drawn (and instance masks, for Mask R-CNN); segmentation writes a colour overlay of the
-predicted mask. Pictures go to ``--output`` (default ``predict/`` beside the checkpoint), one PNG per image.
+predicted mask (and, with ``--attention``, the attention gates' coefficient maps over the image in a second
+PNG). Pictures go to ``--output`` (default ``predict/`` beside the checkpoint), one PNG per image.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="also write the attention gates' coefficient maps over each image as NAME_attention.png "
+        "(models with gates, e.g. attention_unet)",
+    )
+    parser.add_argument(
         "--runtime",
         choices=("torch", "onnxruntime"),
         default="torch",
@@ -63,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         target = onnx_for_run(target)
     predictor = load(target)
     output = pathlib.Path(args.output) if args.output else predictor.checkpoint.parent / "predict"
-    results = predictor.predict(args.images, topk=args.topk, conf=args.conf, output=output)
+    results = predictor.predict(
+        args.images, topk=args.topk, conf=args.conf, output=output, attention=args.attention
+    )
     if args.json:
         print(json.dumps(results))
         return 0
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(result: dict) -> str:
     """One line for a prediction: the top classes, the objects found, or the classes' share of pixels."""
-    arrow = f" -> {result['output']}" if "output" in result else ""
+    arrow = "".join(f" -> {result[key]}" for key in ("output", "attention") if key in result)
     if "topk" in result:
         found = ", ".join(f"{t['label']} {t['score']:.3f}" for t in result["topk"])
         return f"{result['image']}: {found}{arrow}"

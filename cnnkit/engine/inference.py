@@ -28,7 +28,8 @@ from cnnkit.engine.build import build_data, build_model, build_task, eval_loader
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.engine.config import TrainConfig, config_from_dict
 from cnnkit.errors import ConfigError, DataError
-from cnnkit.tasks.base import PredictOptions, Task
+from cnnkit.models.registry import list_models
+from cnnkit.tasks.base import ImageInfo, PredictOptions, Task
 
 ImageLike = Any
 """A path, a PIL image, a ``(H, W)`` / ``(H, W, C)`` uint8 array, or a ``(C, H, W)`` tensor (uint8, or float
@@ -176,6 +177,7 @@ class Predictor:
         conf: float = 0.25,
         output: str | pathlib.Path | None = None,
         batch_size: int = 16,
+        attention: bool = False,
     ) -> list[dict[str, Any]]:
         """Predict images; the same dicts as ``cnnkit predict --json``.
 
@@ -186,19 +188,26 @@ class Predictor:
             output: a folder to write each image's picture into (boxes drawn, masks overlaid), named after
                 the image; ``None`` writes none.
             batch_size: images per forward pass.
+            attention: also write each image's attention-gate coefficient maps (a model with
+                ``attention_at_input``, e.g. ``attention_unet``), deepest gate first, each over the image in
+                the original pixels, as ``NAME_attention.png`` in ``output``.
 
         Returns:
             Per image ``{"image": path or index, ...}`` with the task's answer: ``"topk"`` (classes and
             probabilities), ``"detections"`` (label, score, box in the original pixels) or ``"classes"``
-            (fraction of the pixels per class), and ``"output"`` when a picture was written.
+            (fraction of the pixels per class), ``"output"`` when a picture was written and
+            ``"attention"`` when the gates' picture was.
 
         Raises:
             DataError: an unreadable or corrupt image, or an input of the wrong shape.
+            ConfigError: ``attention`` without ``output`` or for a model without attention gates.
         """
         from cnnkit.data import write_png
 
         if isinstance(images, str | pathlib.Path) or not isinstance(images, Sequence):
             images = [images]
+        if attention:
+            self._check_attention(output)
         options = PredictOptions(topk=topk, score_threshold=conf)
         out_dir = pathlib.Path(output) if output is not None else None
         if out_dir is not None:
@@ -210,19 +219,46 @@ class Predictor:
             prepared = [self.task.preprocess(image, self.input_size) for image in originals]
             batch = torch.stack([x for x, _ in prepared]).to(self.device)
             outputs = self.forward(self.task.normalize(batch))
-            predictions = self.task.postprocess(outputs, [info for _, info in prepared], options)
+            infos = [info for _, info in prepared]
+            predictions = self.task.postprocess(outputs, infos, options)
+            gates = torch.stack(self.model.attention_at_input(), 1)[:, :, 0].cpu() if attention else None
             for offset, (source, original, prediction) in enumerate(zip(chunk, originals, predictions)):
                 name = str(source) if isinstance(source, str | pathlib.Path) else start + offset
                 item: dict[str, Any] = {"image": name}
+                stem = pathlib.Path(source).stem if isinstance(name, str) else f"image{name}"
                 if out_dir is not None:
                     drawn = self.task.draw(original, prediction.cpu())
                     if drawn is not None:
-                        stem = pathlib.Path(source).stem if isinstance(name, str) else f"image{name}"
                         item["output"] = str(out_dir / f"{stem}.png")
                         write_png(drawn, item["output"], overwrite=True)
+                if gates is not None:
+                    item["attention"] = str(out_dir / f"{stem}_attention.png")
+                    write_png(_gate_overlays(original, gates[offset], infos[offset]), item["attention"], True)
                 item.update(prediction.to_dict(self.classes))
                 results.append(item)
         return results
+
+    def _check_attention(self, output: str | pathlib.Path | None) -> None:
+        """The errors of ``predict(attention=True)``: a folder to write into and a model with gates."""
+        if output is None:
+            raise ConfigError("attention maps are pictures: give an output folder")
+        if not callable(getattr(self.model, "attention_at_input", None)):
+            gated = ", ".join(list_models("*attention*", task=self.task.name)) or "none"
+            raise ConfigError(
+                f"{type(self.model).__name__} has no attention gates to draw (models with them: {gated})"
+            )
+
+
+def _gate_overlays(image: torch.Tensor, gates: torch.Tensor, info: ImageInfo) -> torch.Tensor:
+    """An image's attention-gate maps, each restored to the original pixels and blended over it, in a row.
+
+    Shape:
+        - image: ``(C, H, W)`` uint8; gates: ``(G, h, w)`` over the model input; output: ``(3, H, G * W')``
+    """
+    from cnnkit.tasks import plots
+
+    maps = info.restore(gates, mode="bilinear")
+    return plots.side_by_side([plots.overlay_heatmap(image, heat) for heat in maps])
 
 
 def _to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
@@ -395,6 +431,12 @@ class OnnxPredictor(Predictor):
         self.input_name = graph_input.name
         batch = graph_input.shape[0]
         self.fixed_batch = batch if isinstance(batch, int) else None
+
+    def _check_attention(self, output: str | pathlib.Path | None) -> None:
+        """Attention maps are intermediate values of the PyTorch model; the file computes only logits."""
+        raise ConfigError(
+            f"{self.checkpoint.name} computes only the logits: draw attention maps with the run (PyTorch)"
+        )
 
     def forward(self, images: torch.Tensor) -> Any:
         """The file's outputs for a normalised batch, in the form the PyTorch model returns them.

@@ -70,6 +70,33 @@ class ImageInfo:
         """``(height, width)`` of the scaled image inside the letterboxed input (the rest is padding)."""
         return max(1, round(self.size[0] * self.scale)), max(1, round(self.size[1] * self.scale))
 
+    def restore(self, maps: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+        """Maps over the model input back to the original image: the letterbox padding cropped off (maps
+        of another resolution than the input are first resized to it), then resized to :attr:`size`.
+
+        Args:
+            maps: per-pixel values over the model input (or a rescaled copy of it, e.g. a gate's map).
+            mode: ``"nearest"`` for class indices, ``"bilinear"`` for scores.
+
+        Shape:
+            - maps: ``(C, h, w)``; Output: ``(C, H, W)`` with ``(H, W) = size``, the input's dtype
+        """
+        dtype = maps.dtype
+        values = maps[None].float()
+        if self.input_size is not None and tuple(maps.shape[-2:]) != tuple(self.input_size):
+            values = _resize(values, self.input_size, mode)
+        inner_h, inner_w = self.inner
+        values = values[..., :inner_h, :inner_w]
+        if (inner_h, inner_w) != tuple(self.size):
+            values = _resize(values, self.size, mode)
+        return values[0].to(dtype)
+
+
+def _resize(values: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
+    """``F.interpolate`` of ``(N, C, h, w)`` floats to ``size`` (bilinear without corner alignment)."""
+    align = False if mode == "bilinear" else None
+    return torch.nn.functional.interpolate(values, size=tuple(size), mode=mode, align_corners=align)
+
 
 @dataclass
 class PredictOptions:

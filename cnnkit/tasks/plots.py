@@ -177,6 +177,32 @@ def overlay_mask(
     return draw_segmentation_masks(canvas, masks, alpha=alpha, colors=[colours[k - 1] for k in present])
 
 
+def overlay_heatmap(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.55) -> torch.Tensor:
+    """Blend a ``[0, 1]`` map over an image in matplotlib's ``jet`` colours (blue 0, red 1), e.g. an
+    attention gate's coefficients.
+
+    Shape:
+        - image: ``(C, H, W)`` uint8 or float in ``[0, 1]``; heat: ``(H, W)`` float in ``[0, 1]``
+        - output: uint8 ``(3, H, W)``
+    """
+    canvas = _rgb(image.cpu()).float()
+    colours = plt.get_cmap("jet")(heat.detach().cpu().float().clamp(0, 1).numpy())[..., :3]
+    coloured = torch.from_numpy(colours).permute(2, 0, 1).float() * 255
+    return ((1 - alpha) * canvas + alpha * coloured).round().to(torch.uint8)
+
+
+def side_by_side(images: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
+    """uint8 ``(3, H, W_i)`` images of one height in a row, ``gap`` white columns between them.
+
+    Shape:
+        - images: ``(3, H, W_i)`` each; output: ``(3, H, sum(W_i) + gap * (len - 1))``
+    """
+    height = images[0].shape[1]
+    white = torch.full((3, height, gap), 255, dtype=torch.uint8)
+    parts = [part for image in images for part in (white, image)][1:]
+    return torch.cat(parts, dim=2)
+
+
 def save_grid(images: Sequence[torch.Tensor], path: pathlib.Path, title: str, cols: int = 4) -> None:
     """A grid of uint8 ``(3, H, W)`` images as one PNG (e.g. drawn detections or overlays)."""
     rows = max(1, (len(images) + cols - 1) // cols)

@@ -150,6 +150,7 @@ class AttentionUNet(UNetEncoderBase):
             self.score_scales[key] = self.rows.reduction(row)
         self.num_classes = num_classes
         self.attention_maps: list[Tensor] = []
+        self._input_size = (0, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
@@ -175,7 +176,27 @@ class AttentionUNet(UNetEncoderBase):
         # under torch.fx tracing the coefficients are Proxies, not values: there is nothing to keep
         if all(isinstance(alpha, Tensor) for alpha in alphas):
             self.attention_maps = [alpha.detach() for alpha in alphas]
+            self._input_size = (int(height), int(width))
         return logits[..., :height, :width]
+
+    def attention_at_input(self) -> list[Tensor]:
+        """The latest forward pass's coefficient maps over its input: each gate's map upsampled
+        (bilinearly) to the padded input and cropped to the input's size, deepest gate first.
+
+        Shape:
+            - Output: one ``(N, 1, H, W)`` map per gate, values in ``[0, 1]``, for an input ``(N, C, H, W)``
+
+        Raises:
+            ConfigError: no forward pass yet.
+        """
+        if not self.attention_maps:
+            raise ConfigError("attention_at_input needs a forward pass first")
+        height, width = self._input_size
+        padded = (height + -height % self.stride, width + -width % self.stride)
+        return [
+            F.interpolate(alpha, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
+            for alpha in self.attention_maps
+        ]
 
 
 @register_model(

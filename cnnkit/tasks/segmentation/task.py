@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -191,14 +190,7 @@ class SegmentationTask(Task):
         maps = outputs.argmax(1)
         if infos is None:
             return [ClassMap(m) for m in maps]
-        results = []
-        for mask, info in zip(maps, infos):
-            inner_h, inner_w = info.inner
-            mask = mask[:inner_h, :inner_w]
-            if (inner_h, inner_w) != tuple(info.size):
-                mask = F.interpolate(mask[None, None].float(), size=info.size, mode="nearest")[0, 0].long()
-            results.append(ClassMap(mask))
-        return results
+        return [ClassMap(info.restore(mask[None])[0]) for mask, info in zip(maps, infos)]
 
     def draw(self, image: torch.Tensor, prediction: ClassMap) -> torch.Tensor:
         """The image with its class map overlaid in colour."""

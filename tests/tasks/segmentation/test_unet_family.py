@@ -376,3 +376,47 @@ def test_recipe_is_the_unet_recipe_with_the_model_switched(name):
     model = build_model(config, [str(digit) for digit in range(10)], 1).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 11, 64, 64)
+
+
+def test_image_info_restores_maps_to_the_original_pixels():
+    from cnnkit.tasks.base import ImageInfo
+
+    info = ImageInfo((50, 70), 64 / 70, (64, 64))  # letterboxed: the image fills the top 46 rows
+    assert info.inner == (46, 64)
+    maps = torch.zeros(2, 64, 64)
+    maps[:, :46] = 1.0  # the image's part of the input
+    maps[1, :46, :32] = 0.0
+    restored = info.restore(maps, mode="bilinear")
+    assert restored.shape == (2, 50, 70) and restored[0].min() > 1 - 1e-6  # no padding blended in
+    assert restored[1, :, :30].max() < 1e-6 and restored[1, :, 40:].min() > 1 - 1e-6
+    # a map at a fraction of the input's resolution (a gate's) is resized to it first
+    assert info.restore(maps[:, ::4, ::4], mode="nearest").shape == (2, 50, 70)
+    classes = torch.randint(0, 5, (1, 64, 64))
+    assert info.restore(classes).dtype == torch.int64
+
+
+def test_predict_draws_the_attention_gates(tmp_path, capsys):
+    from cnnkit.cli import main
+    from cnnkit.data import read_image, write_png
+
+    data = {"name": "mnist-seg", "train_size": 8, "val_size": 4, "batch_size": 4, "image_size": 64}
+    common = dict(task="segmentation", recipe="none", data=data, epochs=1, progress=False, plots=False)
+    small = {"model_kwargs": {"base_channels": 4, "depth": 2}}
+    gated = cnnkit.train(model="attention_unet", output_dir=str(tmp_path / "gated"), **common, **small)
+    image = torch.randint(0, 256, (1, 50, 70), dtype=torch.uint8)
+    write_png(image, tmp_path / "digit.png")
+    predictor = cnnkit.load(gated.dir)
+    (answer,) = predictor.predict([image], output=tmp_path / "out", attention=True)
+    drawn = read_image(answer["attention"], mode="RGB")
+    assert answer["attention"].endswith("image0_attention.png")
+    assert drawn.shape == (3, 50, 2 * 70 + 2)  # two gates (depth 2) side by side in the original pixels
+    maps = predictor.model.attention_at_input()
+    assert [tuple(m.shape) for m in maps] == [(1, 1, 64, 64)] * 2
+    assert all(0.0 <= float(m.min()) and float(m.max()) <= 1.0 for m in maps)
+    assert main(["predict", str(gated.dir), str(tmp_path / "digit.png"), "--attention"]) == 0
+    assert "digit_attention.png" in capsys.readouterr().out
+    plain = cnnkit.train(model="unet", output_dir=str(tmp_path / "plain"), **common, **small)
+    with pytest.raises(ConfigError, match="no attention gates to draw .*attention_unet"):
+        cnnkit.load(plain.dir).predict([image], output=tmp_path / "out", attention=True)
+    assert main(["predict", str(plain.dir), str(tmp_path / "digit.png"), "--attention"]) == 2
+    assert "attention_unet" in capsys.readouterr().err
