@@ -1,6 +1,7 @@
 """How well can logits predicted at output stride s, upsampled bilinearly, draw MNIST-Seg's masks at all?
 
-Run: ``python benchmarks/segmentation_stride_ceiling.py [--images N] [--strides 16 8 4 2] [--steps S]``
+Run: ``python benchmarks/segmentation_stride_ceiling.py [--data mnist-seg|shapes] [--images N] [--strides 16 8 4 2]
+[--steps S]``
 
 DeepLabV3 (and FCN) predict ``K`` logits per cell of a grid at output stride ``s`` and upsample them bilinearly
 to the image (``F.interpolate(..., mode="bilinear", align_corners=False)``, as torchvision does). Whatever the
@@ -12,7 +13,9 @@ model whose logits are upsampled from stride ``s`` cannot do much better than th
 cross-entropy, not mIoU itself, so the figure is an estimate, not a proof; a model above it would show that).
 
 The set is the first ``--images`` (default 200, about 13 minutes on 2 cores for the four strides) of the
-benchmark's held-out MNIST-Seg (500 images, 128x128, seed 1; ``benchmarks/train_tasks.py``).
+benchmark's held-out MNIST-Seg (500 images, 128x128, seed 1; ``benchmarks/train_tasks.py``), or with
+``--data shapes`` of the generated shapes set at 128x128 (filled circles, squares and triangles 26-58 px
+wide, the set on which DeepLabV3's output strides are measured).
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cnnkit.data import MNISTSegmentation
+from cnnkit.data import MNISTSegmentation, Shapes
 from cnnkit.data.sources import GENERATED_SEEDS
 from cnnkit.tasks.segmentation import confusion_matrix, miou, pixel_accuracy
 
-NUM_CLASSES = len(MNISTSegmentation.classes) + 1  # the ten digits and the background
+SETS = {"mnist-seg": MNISTSegmentation, "shapes": Shapes}
+"""The generated sets with masks, by their ``data=`` names."""
 
 
-def fitted_prediction(masks: torch.Tensor, stride: int, steps: int) -> torch.Tensor:
+def fitted_prediction(masks: torch.Tensor, stride: int, steps: int, num_classes: int) -> torch.Tensor:
     """Argmax of the bilinearly upsampled coarse logits fitted to ``masks`` (one free logit map per image).
 
     Shape:
@@ -38,7 +42,7 @@ def fitted_prediction(masks: torch.Tensor, stride: int, steps: int) -> torch.Ten
         - Output: ``(N, H, W)`` predicted classes
     """
     n, height, width = masks.shape
-    coarse = torch.zeros(n, NUM_CLASSES, height // stride, width // stride, requires_grad=True)
+    coarse = torch.zeros(n, num_classes, height // stride, width // stride, requires_grad=True)
     optimizer = torch.optim.Adam([coarse], lr=0.3)
     for _ in range(steps):
         logits = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
@@ -55,21 +59,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--data", choices=sorted(SETS), default="mnist-seg", help="the generated set")
     parser.add_argument("--images", type=int, default=200, help="held-out images scored (of 500)")
     parser.add_argument("--strides", type=int, nargs="+", default=[16, 8, 4, 2])
     parser.add_argument("--steps", type=int, default=400, help="Adam steps of each fit")
     parser.add_argument("--chunk", type=int, default=100, help="images fitted at once")
     args = parser.parse_args()
     torch.manual_seed(0)
-    dataset = MNISTSegmentation("val", size=args.images, image_size=128, seed=GENERATED_SEEDS["val"])
+    kind = SETS[args.data]
+    dataset = kind("val", size=args.images, image_size=128, seed=GENERATED_SEEDS["val"])
     masks = torch.stack([dataset[i][1]["mask"] for i in range(len(dataset))])
-    print(f"held-out MNIST-Seg: {len(masks)} images 128x128, {NUM_CLASSES} classes")
+    num_classes = len(kind.classes) + 1  # and the background
+    print(f"held-out {args.data}: {len(masks)} images 128x128, {num_classes} classes")
     for stride in args.strides:
         start = time.perf_counter()
-        matrix = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+        matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         for chunk in masks.split(args.chunk):
-            pred = fitted_prediction(chunk, stride, args.steps)
-            matrix += confusion_matrix(pred, chunk, NUM_CLASSES)
+            pred = fitted_prediction(chunk, stride, args.steps, num_classes)
+            matrix += confusion_matrix(pred, chunk, num_classes)
         print(
             f"output stride {stride:2d} ({128 // stride}x{128 // stride} logits): ceiling mIoU {miou(matrix):.3f}, "
             f"pixel accuracy {pixel_accuracy(matrix):.4f}  ({time.perf_counter() - start:.0f} s)",

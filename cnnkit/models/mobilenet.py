@@ -227,13 +227,18 @@ class MobileNetV3(ClassifierModel):
         width_mult: channel multiplier for every block (rounded to multiples of 8).
         reduced_tail: halve the channels of the last stage and of the head (torchvision's option for
             lighter segmentation backbones).
-        dilated: replace the last stage's stride by dilation 2 (output stride 16, for dense prediction).
+        dilated: replace the last stage's stride by dilation 2 (output stride 16, for dense prediction;
+            the same as ``output_stride=16``).
+        output_stride: 32 (the classifier), 16 or 8: the strides of the last stage (16), or of the last two
+            (8), are replaced by dilation so that the features end at this reduction, as DeepLab does for
+            ResNets (Chen et al., 2017, section 3.1): the stage that would start at reduction ``r`` keeps
+            the resolution and dilates its depthwise convs by ``r / output_stride``.
         dropout: dropout probability in the head.
 
     Shape:
         - Input: ``(N, in_chans, H, W)``
         - Output: ``(N, num_classes)``; feature maps at reductions 2, 4, 8, 16, 32 (Large: 16, 24, 40,
-          112, 960 channels; Small: 16, 16, 24, 48, 576), the last at 16 when ``dilated``.
+          112, 960 channels; Small: 16, 16, 24, 48, 576), those past ``output_stride`` at it.
     """
 
     classifier_name = "classifier.3"
@@ -247,10 +252,14 @@ class MobileNetV3(ClassifierModel):
         reduced_tail: bool = False,
         dilated: bool = False,
         dropout: float = 0.2,
+        output_stride: int = 32,
     ) -> None:
         super().__init__()
         if arch not in V3_ARCHS:
             raise ValueError(f"arch must be one of {sorted(V3_ARCHS)}, got {arch!r}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        output_stride = 16 if dilated and output_stride == 32 else output_stride
         table, hidden = V3_ARCHS[arch]
         norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
         tail_divider = 2 if reduced_tail else 1
@@ -258,8 +267,14 @@ class MobileNetV3(ClassifierModel):
         def scaled(c: int) -> int:
             return make_divisible(c * width_mult, 8)
 
-        # The last stage ("tail") starts at the last stride-2 row.
+        # The last stage ("tail") starts at the last stride-2 row; with output stride 8 or 16 the rows from
+        # the stage that would reach reduction 16 (or 32) on are dilated instead.
         tail = max(i for i, row in enumerate(table) if row.stride == 2)
+        downsampling = [i for i, row in enumerate(table) if row.stride == 2]  # reductions 4, 8, 16, 32
+        dilations = [1] * len(table)
+        for start, reduction in zip(downsampling, (4, 8, 16, 32)):
+            if reduction > output_stride:
+                dilations[start:] = [reduction // output_stride] * (len(table) - start)
         channels = scaled(16)
         layers: list[nn.Module] = [
             ConvNormAct(in_chans, channels, 3, stride=2, norm_layer=norm_layer, act_layer=nn.Hardswish)
@@ -274,7 +289,7 @@ class MobileNetV3(ClassifierModel):
                     scaled(out),
                     row.kernel,
                     row.stride,
-                    dilation=2 if dilated and i >= tail else 1,
+                    dilation=dilations[i],
                     use_se=row.use_se,
                     act_layer=nn.Hardswish if row.hard_swish else nn.ReLU,
                     norm_layer=norm_layer,
@@ -391,7 +406,7 @@ def mobilenet_v3_large(*, num_classes: int = 1000, in_chans: int = 3, **kwargs) 
     Args:
         num_classes: classifier outputs.
         in_chans: input channels.
-        **kwargs: :class:`MobileNetV3` options (``width_mult``, ``reduced_tail``, ``dilated``,
+        **kwargs: :class:`MobileNetV3` options (``width_mult``, ``reduced_tail``, ``output_stride``, ``dilated``,
             ``dropout``).
 
     Returns:
@@ -417,7 +432,7 @@ def mobilenet_v3_small(*, num_classes: int = 1000, in_chans: int = 3, **kwargs) 
     Args:
         num_classes: classifier outputs.
         in_chans: input channels.
-        **kwargs: :class:`MobileNetV3` options (``width_mult``, ``reduced_tail``, ``dilated``,
+        **kwargs: :class:`MobileNetV3` options (``width_mult``, ``reduced_tail``, ``output_stride``, ``dilated``,
             ``dropout``).
 
     Returns:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 import cnnkit
 from cnnkit.models.mobilenet import MobileNetV2, MobileNetV3
@@ -82,6 +83,30 @@ def test_dilated_v3_keeps_output_stride_16():
     with torch.no_grad():
         maps = model.forward_intermediates(torch.randn(1, 3, 64, 64))
     assert maps[-1].shape == (1, 960, 4, 4)
+
+
+@pytest.mark.parametrize("arch", ["large", "small"])
+def test_output_stride_dilates_the_stages_past_it(arch):
+    plain = MobileNetV3(arch).eval()
+    sixteen, eight = MobileNetV3(arch, output_stride=16).eval(), MobileNetV3(arch, output_stride=8).eval()
+    # the same weights (a classifier's checkpoint loads into either), other strides and dilations
+    for model in (sixteen, eight):
+        assert {k: v.shape for k, v in model.state_dict().items()} == {
+            k: v.shape for k, v in plain.state_dict().items()
+        }
+        model.load_state_dict(plain.state_dict())
+    assert str(sixteen) == str(MobileNetV3(arch, dilated=True))
+    assert eight.feature_info.reduction() == [2, 4, 8]
+    dilations = [m.dilation[0] for m in eight.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert sorted(set(dilations)) == [1, 2, 4]  # the stride-16 stage at 2, the stride-32 one at 4
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert eight.forward_intermediates(x)[-1].shape[-1] == 8
+        assert sixteen.forward_intermediates(x)[-1].shape[-1] == 4
+        # the stages before the dilated ones are untouched
+        assert torch.equal(eight.forward_intermediates(x)[1], plain.forward_intermediates(x)[1])
+    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
+        MobileNetV3(arch, output_stride=4)
 
 
 def test_in_chans_and_min_input_size():

@@ -40,7 +40,8 @@ def dilation_options(backbone: str, output_stride: int) -> dict[str, Any]:
     """The backbone builder's options that end its features at ``output_stride`` by dilation.
 
     ResNet-family builders take ``replace_stride_with_dilation`` (stride 8 or 16); MobileNetV3 takes
-    ``dilated`` (its last stage at stride 16, as torchvision's ``deeplabv3_mobilenet_v3_large``).
+    ``output_stride`` (16 is torchvision's ``deeplabv3_mobilenet_v3_large``; 8 also dilates the stage
+    before); a builder with only ``dilated`` reaches stride 16.
 
     Raises:
         ConfigError: a backbone with neither option, or an output stride it cannot reach.
@@ -48,6 +49,8 @@ def dilation_options(backbone: str, output_stride: int) -> dict[str, Any]:
     options = model_options(backbone)
     if options is None or "replace_stride_with_dilation" in options:
         return {"replace_stride_with_dilation": DILATION[output_stride]}
+    if "output_stride" in options:
+        return {"output_stride": output_stride}
     if "dilated" in options:
         if output_stride != 16:
             raise ConfigError(
