@@ -4,7 +4,7 @@ from cnnkit.layers.aspp import ASPP, ASPPPooling
 from cnnkit.layers.conv import ConvNormAct, DepthwiseSeparableConv
 from cnnkit.layers.convnext_block import ConvNeXtBlock, Permute
 from cnnkit.layers.dense import DenseBlock, DenseLayer, Transition
-from cnnkit.layers.fpn import FPN, LastLevelP6P7
+from cnnkit.layers.fpn import FPN, PAN, LastLevelP6P7
 from cnnkit.layers.inception import (
     BasicConv,
     InceptionA,
@@ -31,6 +31,7 @@ __all__ = [
     "DenseLayer",
     "FPN",
     "LastLevelP6P7",
+    "PAN",
     "MBConv",
     "Permute",
     "make_divisible",

@@ -118,3 +118,58 @@ class FPN(nn.Module):
         if self.extra_blocks is not None:
             outputs.extend(self.extra_blocks(outputs, features))
         return outputs
+
+
+class PAN(nn.Module):
+    """Path Aggregation Network: an :class:`FPN` top-down path, then a bottom-up path (Liu et al., "Path
+    Aggregation Network for Instance Segmentation", CVPR 2018, Sec. 3.1).
+
+    With ``P_0 .. P_{L-1}`` the FPN's maps (finest first), the bottom-up path starts at ``N_0 = P_0`` and
+    builds ``N_{i+1} = fuse_i(down_i(N_i) + P_{i+1})``: ``down_i`` a stride-2 3x3 conv, ``fuse_i`` a 3x3
+    conv, each with norm and activation (the paper's augmented bottom-up structure). Fine localisation
+    signal then reaches the coarse levels in a few layers instead of through the whole backbone. A
+    downsampled map whose size differs from ``P_{i+1}``'s (a backbone that rounds odd sizes down) is resized
+    to it by nearest neighbour.
+
+    Args:
+        in_channels_list: channels of each input map, e.g. ``backbone.feature_info.channels()``.
+        out_channels: channels of every output map.
+        norm_layer: norm of the bottom-up convs (and of the FPN's, which then have no bias); default
+            ``BatchNorm2d``.
+        act_layer: activation of the bottom-up convs.
+
+    Shape:
+        - Input: list of ``(N, in_channels_list[i], H_i, W_i)``, resolution decreasing.
+        - Output: list of ``(N, out_channels, H_i, W_i)``.
+    """
+
+    def __init__(
+        self,
+        in_channels_list: Sequence[int],
+        out_channels: int,
+        norm_layer: NormFactory | None = nn.BatchNorm2d,
+        act_layer: type[nn.Module] | None = nn.SiLU,
+    ) -> None:
+        super().__init__()
+        self.fpn = FPN(in_channels_list, out_channels, norm_layer=norm_layer)
+        levels = len(in_channels_list)
+        self.down = nn.ModuleList(
+            ConvNormAct(out_channels, out_channels, 3, stride=2, norm_layer=norm_layer, act_layer=act_layer)
+            for _ in range(levels - 1)
+        )
+        self.fuse = nn.ModuleList(
+            ConvNormAct(out_channels, out_channels, 3, norm_layer=norm_layer, act_layer=act_layer)
+            for _ in range(levels - 1)
+        )
+        self.out_channels = out_channels
+        self.num_levels = levels
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Maps ``[N_0, ..., N_{L-1}]`` from backbone maps ``[C_0, ..., C_{L-1}]``."""
+        pyramid = self.fpn(features)
+        outputs = [pyramid[0]]
+        for i, (down, fuse) in enumerate(zip(self.down, self.fuse)):
+            lateral = pyramid[i + 1]
+            reduced = F.interpolate(down(outputs[-1]), size=lateral.shape[-2:], mode="nearest")
+            outputs.append(fuse(reduced + lateral))
+        return outputs

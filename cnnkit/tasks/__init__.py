@@ -20,7 +20,12 @@ from cnnkit.tasks.base import (
     resolve_task,
 )
 from cnnkit.tasks.classification import ClassificationTask, TopK
-from cnnkit.tasks.detection import faster_rcnn, mask_rcnn, yolo  # noqa: F401 (registers the detectors)
+from cnnkit.tasks.detection import (  # noqa: F401 (registers the detectors)
+    anchor_free,
+    faster_rcnn,
+    mask_rcnn,
+    yolo,
+)
 from cnnkit.tasks.detection.task import Detections, DetectionTask, InstanceSegmentationTask
 from cnnkit.tasks.segmentation import ClassMap, SegmentationTask
 

@@ -88,3 +88,24 @@ def test_bad_arguments():
         FPN([], 8)
     with pytest.raises(ConfigError, match="got 1"):
         FPN([4, 8], 8)([torch.zeros(1, 4, 2, 2)])
+
+
+def test_pan_bottom_up_path_shapes_and_wiring():
+    from cnnkit.layers import PAN
+
+    torch.manual_seed(0)
+    pan = PAN([8, 16, 32], 12).eval()
+    # odd sizes, and a coarsest map rounded down (13 -> 7 by the stride-2 conv, but 6 given): resized
+    features = [torch.randn(2, 8, 25, 27), torch.randn(2, 16, 13, 14), torch.randn(2, 32, 6, 7)]
+    with torch.no_grad():
+        outputs = pan(features)
+        fpn_maps = pan.fpn(features)
+    assert [tuple(o.shape) for o in outputs] == [(2, 12, 25, 27), (2, 12, 13, 14), (2, 12, 6, 7)]
+    torch.testing.assert_close(outputs[0], fpn_maps[0])  # N_0 = P_0
+    with torch.no_grad():
+        expected = pan.fuse[0](pan.down[0](fpn_maps[0]) + fpn_maps[1])
+    torch.testing.assert_close(outputs[1], expected)
+    # the finest map reaches the coarsest level through the bottom-up path
+    x = [f.clone().requires_grad_() for f in features]
+    pan(x)[2].sum().backward()
+    assert x[0].grad.abs().sum() > 0

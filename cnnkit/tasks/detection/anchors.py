@@ -108,3 +108,38 @@ class AnchorGenerator(nn.Module):
             centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
             anchors.append((centres + base[None]).reshape(-1, 4))
         return anchors
+
+
+def anchor_points(
+    feature_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cell centres of every pyramid level: the points an anchor-free head predicts from.
+
+    Cell ``(y, x)`` of a level with stride ``s`` is centred at ``((x + 0.5) s, (y + 0.5) s)``; points are
+    ordered level by level, then by row and column (the order of a head's flattened maps).
+
+    Args:
+        feature_sizes: ``(H_l, W_l)`` of each level's map.
+        strides: pixels per cell of each level.
+
+    Returns:
+        ``points (A, 2)`` ``(x, y)`` pixels and ``strides (A,)``, ``A = sum_l H_l W_l``.
+
+    Example:
+        >>> points, strides = anchor_points([(1, 2), (1, 1)], [8, 16])
+        >>> points.tolist(), strides.tolist()
+        ([[4.0, 4.0], [12.0, 4.0], [8.0, 8.0]], [8.0, 8.0, 16.0])
+    """
+    if len(feature_sizes) != len(strides):
+        raise ConfigError(f"got {len(feature_sizes)} feature sizes but {len(strides)} strides")
+    points, point_strides = [], []
+    for (height, width), stride in zip(feature_sizes, strides):
+        xs = (torch.arange(width, dtype=dtype, device=device) + 0.5) * stride
+        ys = (torch.arange(height, dtype=dtype, device=device) + 0.5) * stride
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([cx, cy], dim=-1).reshape(-1, 2))
+        point_strides.append(torch.full((height * width,), float(stride), dtype=dtype, device=device))
+    return torch.cat(points), torch.cat(point_strides)

@@ -201,6 +201,29 @@ def iou_loss(
     return losses[kind](pred, target, reduction=reduction)
 
 
+def distance_to_box(points: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+    """``xyxy`` boxes from points and their distances to the four sides, ``(l, t, r, b)``.
+
+    ``x1 = x - l, y1 = y - t, x2 = x + r, y2 = y + b``: the anchor-free box parametrisation of FCOS (Tian et
+    al., "FCOS: Fully Convolutional One-Stage Object Detection", ICCV 2019, eq. 1); the inverse of
+    :func:`box_to_distance`.
+
+    Shape:
+        ``(..., 2), (..., 4) -> (..., 4)`` (broadcast).
+    """
+    return torch.cat([points - distances[..., :2], points + distances[..., 2:]], dim=-1)
+
+
+def box_to_distance(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Distances ``(l, t, r, b)`` = ``(x - x1, y - y1, x2 - x, y2 - y)`` from points to the sides of ``xyxy``
+    boxes (negative for a point outside); the inverse of :func:`distance_to_box`.
+
+    Shape:
+        ``(..., 2), (..., 4) -> (..., 4)`` (broadcast).
+    """
+    return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+
+
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Non-maximum suppression (``torchvision.ops.nms``): remove duplicate detections.
 
