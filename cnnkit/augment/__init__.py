@@ -26,6 +26,7 @@ from cnnkit.augment.geometric import (
     warp,
 )
 from cnnkit.augment.mix import CutMix, MixUp
+from cnnkit.augment.mosaic import Mosaic
 from cnnkit.augment.policies import IMAGENET_POLICY, AutoAugment, RandAugment
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "Cutout",
     "HorizontalFlip",
     "MixUp",
+    "Mosaic",
     "Normalize",
     "RandAugment",
     "RandomAffine",

@@ -173,6 +173,23 @@ class RandomApply(Transform):
         return images, targets
 
 
+def without_transforms(transform: Transform | None, names: Sequence[str]) -> Transform | None:
+    """``transform`` without the transforms whose class names are in ``names`` (inside :class:`Compose`
+    pipelines too); ``None`` when nothing is left. The others are the same objects.
+
+    Example:
+        >>> from cnnkit.augment import HorizontalFlip, Mosaic
+        >>> without_transforms(Compose([Mosaic(), HorizontalFlip()]), ["Mosaic"]).transforms
+        [HorizontalFlip(p=0.5)]
+    """
+    if transform is None or type(transform).__name__ in names:
+        return None
+    if isinstance(transform, Compose):
+        kept = [t for t in (without_transforms(t, names) for t in transform.transforms) if t is not None]
+        return Compose(kept) if kept else None
+    return transform
+
+
 def check_batch(images: Tensor, targets: Targets) -> None:
     """Raise :class:`DataError` unless ``images`` is a ``(B, C, H, W)`` batch and ``targets`` matches it."""
     if not isinstance(images, Tensor) or images.dim() != 4:

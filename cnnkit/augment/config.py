@@ -18,6 +18,7 @@ from cnnkit.augment.color import ColorJitter, Normalize
 from cnnkit.augment.erasing import Cutout, RandomErasing
 from cnnkit.augment.geometric import HorizontalFlip, RandomResizedCrop, RandomRotation, Resize
 from cnnkit.augment.mix import CutMix, MixUp
+from cnnkit.augment.mosaic import Mosaic
 from cnnkit.augment.policies import AutoAugment, RandAugment
 from cnnkit.errors import ConfigError, did_you_mean
 
@@ -31,6 +32,7 @@ TRANSFORMS: dict[str, type[Transform]] = {
         Cutout,
         HorizontalFlip,
         MixUp,
+        Mosaic,
         Normalize,
         RandAugment,
         RandomAffine,

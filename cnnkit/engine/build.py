@@ -21,6 +21,7 @@ from cnnkit.data.sampler import EpochSampler
 from cnnkit.data.sources import RunData
 from cnnkit.engine.callbacks import (
     CheckpointCallback,
+    CloseAugment,
     CSVLogger,
     EarlyStopping,
     PlotsCallback,
@@ -296,6 +297,8 @@ def build_trainer(
         all_callbacks.append(EarlyStopping(metric, config.early_stopping_patience))
     if config.transfer.progressive_every:
         all_callbacks.append(ProgressiveUnfreezing(config.transfer.progressive_every))
+    if config.close_mosaic:
+        all_callbacks.append(CloseAugment(max(start - config.close_mosaic, 0), ("Mosaic",)))
     if config.progress:
         all_callbacks.append(ProgressCallback(metric))
     if config.plots:

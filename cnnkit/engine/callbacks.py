@@ -244,6 +244,36 @@ class ProgressiveUnfreezing(Callback):
             transfer.unfreeze(trainer.model, self.initially_frozen[:count])
 
 
+class CloseAugment(Callback):
+    """From epoch ``start`` (0-based) on, train without the named transforms of the task's augmentation,
+    e.g. the last epochs without :class:`~cnnkit.augment.Mosaic` (``close_mosaic``), so that a detector ends
+    on images like those it will see (YOLOX, Ge et al. 2021, Sec. 2.2; YOLOv8's ``close_mosaic``). The
+    choice depends only on the epoch, so a resumed run follows it too.
+
+    Args:
+        start: the first epoch without them.
+        names: class names of the transforms to leave out.
+    """
+
+    def __init__(self, start: int, names: tuple[str, ...]) -> None:
+        self.start = start
+        self.names = names
+        self.full: Any = None
+        self.closed: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from cnnkit.augment.base import without_transforms
+
+        self.full = trainer.task.augment
+        self.closed = without_transforms(self.full, self.names)
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        trainer.task.augment = self.closed if trainer.epoch >= self.start else self.full
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        trainer.task.augment = self.full
+
+
 class PlotsCallback(Callback):
     """Write a run's plots when it ends: ``curves.png`` (losses and the chosen metric per epoch), the
     task's metric plots (:meth:`~cnnkit.tasks.base.Task.plot_metrics`: confusion matrix, PR curves) and

@@ -127,6 +127,7 @@ class TrainConfig:
     num_classes: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     augment: list[Any] | None = None  # None: the task's default (Task.default_augment); [] for none
+    close_mosaic: int = 0  # the last N epochs train without the Mosaic of `augment` (on whole images)
     epochs: int = 12
     pretrain: dict[str, Any] = field(default_factory=dict)
     phases: list[dict[str, Any]] = field(default_factory=list)
@@ -373,6 +374,10 @@ def _validate(config: TrainConfig) -> None:
     for key in ("epochs", "accumulate"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
+    if config.close_mosaic < 0:
+        raise ConfigError(
+            f"close_mosaic must be >= 0 (epochs at the end without Mosaic), got {config.close_mosaic}"
+        )
     if config.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {config.data.batch_size}")
 

@@ -13,6 +13,7 @@ ARGS = {
     "CutMix": {"num_classes": 4},
     "Cutout": {"size": 8},
     "MixUp": {"num_classes": 4},
+    "Mosaic": {"num_classes": 4},
     "Normalize": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
     "RandomAffine": {"degrees": 10},
     "RandomApply": {"transforms": [augment.ColorJitter(0.4, 0.4)], "p": 0.5},

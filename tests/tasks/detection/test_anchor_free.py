@@ -222,7 +222,6 @@ def test_bad_options_are_config_errors():
         AnchorFreeYOLO("resnet18", 2, reg_max=1, in_chans=1)
 
 
-@pytest.mark.slow
 def test_learns_to_find_the_objects_of_two_images():
     from cnnkit.data import MNISTDetection
 
@@ -251,3 +250,36 @@ def test_learns_to_find_the_objects_of_two_images():
     after = best_box_ious(model(images))
     assert max(before) < 0.1
     assert sum(iou > 0.5 for iou in after) >= 2, after
+
+
+def test_trains_with_mosaic_closed_for_the_last_epoch_and_ema(tmp_path):
+    """A tiny run through the engine: Mosaic for the first epoch only (close_mosaic=1), EMA weights kept."""
+    import cnnkit
+    from cnnkit.engine.run import train
+    from cnnkit.engine.trainer import Callback
+
+    seen = []
+
+    class RecordAugment(Callback):
+        def on_epoch_start(self, trainer):
+            seen.append([type(t).__name__ for t in trainer.task.augment.transforms])
+
+    run = train(
+        model="yolo_af",
+        backbone="resnet18",
+        recipe="none",
+        data={"name": "mnist-det", "train_size": 16, "val_size": 8, "batch_size": 8, "image_size": 64},
+        model_kwargs={"neck_channels": 16, "reg_max": 8},
+        augment=["Mosaic", {"RandomAffine": {"degrees": 0, "scale": [0.8, 1.2]}}],
+        close_mosaic=1,
+        ema_decay=0.9,
+        epochs=2,
+        progress=False,
+        plots=False,
+        output_dir=str(tmp_path / "run"),
+        callbacks=[RecordAugment()],
+    )
+    assert seen == [["Mosaic", "RandomAffine"], ["RandomAffine"]]
+    assert len(run.history) == 2 and 0.0 <= run.metrics["map"] <= 1.0
+    (answer,) = cnnkit.load(run.dir).predict([torch.zeros(1, 50, 70, dtype=torch.uint8)], conf=0.0)
+    assert len(answer["detections"]) > 0 and set(answer["detections"][0]) == {"label", "score", "box"}
