@@ -24,6 +24,7 @@ inputs zero is the mean colour, and the padded pixels never reach the loss.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -147,13 +148,42 @@ class UNet(nn.Module):
         return self.head(y)[..., :height, :width]
 
 
+def decoder_widths(
+    channels: Sequence[int], reductions: Sequence[int], decoder_channels: Sequence[int] | None
+) -> tuple[int, tuple[int, ...]]:
+    """The decoder widths of a U-Net on a backbone: of the full-resolution row added when the first stage
+    is downsampled, and of each stage's row.
+
+    ``decoder_channels`` has one entry per stage (default: the stages' channels), or one more, first, for
+    the full-resolution row (default ``max(channels[0] // 2, 16)``; its blocks run on the most pixels).
+
+    Returns:
+        ``(full_resolution_width, stage_widths)``; the first is unused when ``reductions[0] == 1``.
+
+    Raises:
+        ConfigError: another number of entries.
+    """
+    top = max(channels[0] // 2, 16)
+    widths = tuple(channels) if decoder_channels is None else tuple(decoder_channels)
+    extra = reductions[0] > 1
+    if extra and len(widths) == len(channels) + 1:
+        top, widths = widths[0], widths[1:]
+    if len(widths) != len(channels):
+        stages = len(channels)
+        rows = f"{stages}, or {stages + 1} with the full-resolution row first" if extra else stages
+        raise ConfigError(
+            f"decoder_channels needs one entry per backbone stage ({rows}), got {tuple(decoder_channels)}"
+        )
+    return top, widths
+
+
 class BackboneUNet(nn.Module):
     """A U-Net whose encoder is a registered classifier: every stage map is a skip for the decoder.
 
     The decoder walks the stages from the deepest up; the block that merges stage ``i`` outputs
     ``feature_info[i]["num_chs"]`` channels (or ``decoder_channels[i]``). When the first stage is still
     downsampled (reduction 2 for a ResNet or a MobileNet), a last block brings the map to full resolution
-    with ``max(num_chs_0 // 2, 16)`` channels before the 1x1 classifier; with ``input_skip`` (the default)
+    with ``max(num_chs_0 // 2, 16)`` channels (or the first of ``decoder_channels``) before the 1x1 classifier; with ``input_skip`` (the default)
     it concatenates the input image there, the full-resolution skip the classic U-Net's first level gives.
     Without it the finest detail the decoder sees is at half resolution: on MNIST-Seg, whose masks are the
     digit pixels above an intensity threshold, the input skip is what lets mask edges land on the right
@@ -164,7 +194,8 @@ class BackboneUNet(nn.Module):
         num_classes: output channels.
         in_chans: input image channels.
         upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
-        decoder_channels: output channels of the block that merges each stage (default: the stage's channels).
+        decoder_channels: output channels of the block that merges each stage (default: the stage's
+            channels), optionally preceded by those of the full-resolution block (see :func:`decoder_widths`).
         input_skip: concatenate the input image in the full-resolution block (when the encoder has none).
         aux_loss: add an auxiliary head on encoder stage ``aux_stage`` (deep supervision; see
             :mod:`cnnkit.tasks.segmentation.fcn`).
@@ -200,12 +231,7 @@ class BackboneUNet(nn.Module):
         self.backbone, info = build_backbone(backbone, in_chans, **backbone_kwargs)
         self.feature_info = info
         channels, reductions = info.channels(), info.reduction()
-        if decoder_channels is None:
-            decoder_channels = tuple(channels)
-        if len(decoder_channels) != len(info):
-            raise ConfigError(
-                f"decoder_channels needs one entry per backbone stage ({len(info)}), got {tuple(decoder_channels)}"
-            )
+        final_width, decoder_channels = decoder_widths(channels, reductions, decoder_channels)
         scales = [*(r_out // r_in for r_in, r_out in zip(reductions, reductions[1:])), reductions[0]]
         if any(r_out % r_in for r_in, r_out in zip([1, *reductions], reductions)):
             raise ConfigError(
@@ -217,7 +243,6 @@ class BackboneUNet(nn.Module):
             width = decoder_channels[i]
         self.input_skip = bool(input_skip) and reductions[0] > 1
         if reductions[0] > 1:
-            final_width = max(channels[0] // 2, 16)
             skip = in_chans if self.input_skip else 0
             blocks.append(UpBlock(width, skip, final_width, scales[-1], upsample))
             width = final_width

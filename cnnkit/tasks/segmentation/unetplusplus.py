@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from cnnkit.errors import ConfigError, did_you_mean
 from cnnkit.models.registry import register_model
 from cnnkit.tasks.segmentation.backbone import build_backbone
-from cnnkit.tasks.segmentation.unet import DoubleConv, UpBlock, Upsample
+from cnnkit.tasks.segmentation.unet import DoubleConv, UpBlock, Upsample, decoder_widths
 
 
 class PaddedUpBlock(UpBlock):
@@ -127,10 +127,10 @@ class UNetEncoderBase(nn.Module):
         base_channels: classic form: channels of row 0; row ``i`` has ``base_channels * 2**i`` (default 64).
         depth: classic form: number of poolings, the rows below row 0 (default 4).
         backbone: registry name of the encoder's classifier, or ``None`` for the classic form.
-        decoder_channels: backbone form: the decoder width of each stage's row (default: the stage's
-            channels); the added full-resolution row has ``max(channels[0] // 2, 16)``, or the first of
-            one more entry (one per row, finest first). Row 0's nodes run at full resolution and take most
-            of U-Net++'s multiply-adds, so its width sets the cost.
+        decoder_channels: backbone form: the decoder width of each stage's row, optionally preceded by
+            that of the added full-resolution row (see :func:`~cnnkit.tasks.segmentation.unet.decoder_widths`).
+            Row 0's nodes run at full resolution and take most of U-Net++'s multiply-adds, so its width
+            sets the cost.
         input_skip: backbone form: the input image is the encoder map of the full-resolution row.
         **backbone_kwargs: options of the backbone's builder (e.g. ``weights``).
 
@@ -188,16 +188,7 @@ class UNetEncoderBase(nn.Module):
         scales = tuple(r_out // r_in for r_in, r_out in zip(reductions, reductions[1:]))
         self.full_resolution_row = reductions[0] > 1
         self.input_skip = bool(input_skip) and self.full_resolution_row
-        widths = tuple(channels) if decoder_channels is None else tuple(decoder_channels)
-        top_width = max(channels[0] // 2, 16)
-        if self.full_resolution_row and len(widths) == len(info) + 1:
-            top_width, widths = widths[0], widths[1:]
-        if len(widths) != len(info):
-            rows = f"{len(info)}, or {len(info) + 1} with the full-resolution row first"
-            raise ConfigError(
-                "decoder_channels needs one entry per backbone stage "
-                f"({rows if self.full_resolution_row else len(info)}), got {tuple(decoder_channels)}"
-            )
+        top_width, widths = decoder_widths(channels, reductions, decoder_channels)
         if self.full_resolution_row:
             skip = in_chans if self.input_skip else 0
             self.rows = Rows((skip, *channels), (top_width, *widths), (reductions[0], *scales))

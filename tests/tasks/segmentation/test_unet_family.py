@@ -318,6 +318,9 @@ def test_decoder_channels_may_set_the_full_resolution_row():
     assert narrow(torch.zeros(1, 3, 37, 45)).shape == (1, 2, 37, 45)
     with pytest.raises(ConfigError, match="or 6 with the full-resolution row first"):
         create_model("unetplusplus", backbone="resnet18", decoder_channels=(8,) * 7)
+    unet = create_model("unet", backbone="resnet18", decoder_channels=(4, 8, 8, 16, 16, 32))
+    assert unet.decoder[-1].conv[-1].out_channels == unet.head.in_channels == 4
+    assert unet(torch.zeros(1, 3, 37, 45)).shape == (1, 2, 37, 45)
 
 
 def test_builders_check_their_options():
