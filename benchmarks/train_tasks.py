@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import pathlib
 import shutil
 import subprocess
@@ -34,8 +35,10 @@ def run_recipe(name: str, extra: list[str], keep: pathlib.Path | None) -> dict:
     with tempfile.TemporaryDirectory() as cwd:
         start = time.perf_counter()
         args = [f"recipe={name}", "progress=false", f"output_dir={name}", *extra]
+        # a cache of its own: selective-search proposals (R-CNN, Fast R-CNN) are computed within the time
+        env = {**os.environ, "CNNKIT_CACHE_DIR": cwd}
         out = subprocess.run(
-            [sys.executable, "-m", "cnnkit", "train", *args], cwd=cwd, capture_output=True, text=True
+            [sys.executable, "-m", "cnnkit", "train", *args], cwd=cwd, capture_output=True, text=True, env=env
         )
         if out.returncode != 0:
             raise SystemExit(f"{name}: cnnkit train {' '.join(args)} failed:\n{out.stderr[-2000:]}")

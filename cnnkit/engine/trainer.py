@@ -264,6 +264,13 @@ class Trainer:
                 self._fire("on_epoch_start")
                 start = time.perf_counter()
                 train_loss = self._train_epoch()
+                self.task.after_train_epoch(
+                    self._unwrapped(),
+                    self.train_loader,
+                    epoch=self.epoch,
+                    epochs=self.epochs,
+                    device=self.device,
+                )
                 self.metrics = self.validate() if self.val_loader is not None else {}
                 self.epoch_time = time.perf_counter() - start
                 row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.lr, "train_loss": train_loss}

@@ -22,8 +22,10 @@ from cnnkit.tasks.base import (
 from cnnkit.tasks.classification import ClassificationTask, TopK
 from cnnkit.tasks.detection import (  # noqa: F401 (registers the detectors)
     anchor_free,
+    fast_rcnn,
     faster_rcnn,
     mask_rcnn,
+    rcnn,
     yolo,
 )
 from cnnkit.tasks.detection.task import Detections, DetectionTask, InstanceSegmentationTask

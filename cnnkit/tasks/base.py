@@ -11,7 +11,8 @@ build               :meth:`Task.build_data` (the ``data=`` names it reads), :met
                     registered model of the task, through the one model registry), :meth:`Task.from_config`
 batches             :attr:`Task.collate`, :meth:`Task.prepare` (device, batched augmentation, normalisation)
 training            :meth:`Task.forward` (the training forward pass), :meth:`Task.criterion` (the loss dict),
-                    :meth:`Task.compute_loss` (both)
+                    :meth:`Task.compute_loss` (both), :meth:`Task.after_train_epoch` (a model's stages
+                    that are not gradient steps)
 inference           :meth:`Task.preprocess` (one image to the model's input), :meth:`Task.postprocess`
                     (typed predictions in the original image's pixels), :meth:`Task.draw`
 evaluation          :meth:`Task.evaluator`, :attr:`Task.default_metric`, :meth:`Task.summary`
@@ -285,6 +286,29 @@ class Task(abc.ABC):
     def compute_loss(self, model: nn.Module, images: torch.Tensor, targets: Any) -> dict[str, torch.Tensor]:
         """The training forward pass and its loss dict."""
         return self.criterion(self.forward(model, images, targets), targets)
+
+    def after_train_epoch(
+        self, model: nn.Module, loader: Any, *, epoch: int, epochs: int, device: torch.device
+    ) -> None:
+        """Training a model does besides gradient steps, after an epoch's steps and before its validation.
+
+        A model trained in stages defines ``after_train_epoch(batches, epoch=, epochs=)`` and gets the
+        epoch's training batches prepared without augmentation (:meth:`prepare` with ``train=False``), drawn
+        lazily: R-CNN fits its SVMs and box regressors on its fine-tuned features after the last epoch
+        (:meth:`cnnkit.tasks.detection.rcnn.RCNN.after_train_epoch`), as a Lightning module's own hooks do.
+        Other models have no such method and nothing happens.
+
+        Args:
+            model: the trained model (unwrapped from DDP).
+            loader: the training loader (``epoch(e)`` yields its batches).
+            epoch / epochs: the epoch just trained (0-based) and the run's number of epochs.
+            device: where the batches go.
+        """
+        stage = getattr(model, "after_train_epoch", None)
+        if stage is None:
+            return
+        batches = (self.prepare(batch, train=False, device=device) for batch in loader.epoch(epoch))
+        stage(batches, epoch=epoch, epochs=epochs)
 
     # -- inference -----------------------------------------------------------------------------------------
     def preprocess(self, image: torch.Tensor, size: int) -> tuple[torch.Tensor, ImageInfo]:
