@@ -49,10 +49,19 @@ RUNS = {
         "channels": 3,
         "classes": 10,
     },
-    # the shipped recipes' detector and segmenter (cnnkit/recipes/yolo.yaml, unet.yaml), at 128x128
+    # the shipped recipes' detectors and segmenter (cnnkit/recipes/yolo.yaml, yolo_grid.yaml, unet.yaml), at 128x128
     "yolo": {
         "task": "detection",
         "model": "yolo",
+        "backbone": "mobilenet_v3_large",
+        "model_kwargs": {"neck_channels": 64},
+        "size": 128,
+        "channels": 1,
+        "classes": 10,
+    },
+    "yolo_grid": {
+        "task": "detection",
+        "model": "yolo_grid",
         "backbone": "mobilenet_v3_large",
         "model_kwargs": {"fpn_channels": 64, "aspect_ratios": [1.0]},
         "size": 128,

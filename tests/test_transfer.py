@@ -121,6 +121,7 @@ TASK_MODELS = [
     ("segmentation", "unet"),
     ("segmentation", "deeplabv3"),
     ("detection", "yolo"),
+    ("detection", "yolo_grid"),
     ("detection", "faster_rcnn"),
 ]
 

@@ -18,6 +18,7 @@ from cnnkit.errors import ConfigError
 NAMES = [
     "attention_unet",
     "deeplabv3",
+    "deeplabv3_os8",
     "deeplabv3plus",
     "fast_rcnn",
     "faster_rcnn",
@@ -27,6 +28,7 @@ NAMES = [
     "unet",
     "unetplusplus",
     "yolo",
+    "yolo_grid",
 ]
 
 
@@ -41,10 +43,11 @@ def test_every_shipped_recipe_loads_and_resolves():
 
 def test_a_run_naming_a_recipes_model_and_data_starts_from_it():
     config = load_config(None, ["task=detection", "model=yolo", "data=mnist-det"])
-    assert config.recipe == "yolo" and config.backbone == "mobilenet_v3_large" and config.epochs == 8
-    assert (
-        config.model_kwargs == {"fpn_channels": 64, "aspect_ratios": [1.0]} and config.data.batch_size == 32
-    )
+    assert config.recipe == "yolo" and config.backbone == "mobilenet_v3_large" and config.epochs == 7
+    assert config.model_kwargs == {"neck_channels": 64} and config.close_mosaic == 2
+    grid = load_config(None, ["task=detection", "model=yolo_grid", "data=mnist-det"])
+    assert grid.recipe == "yolo_grid" and grid.epochs == 8 and grid.data.batch_size == 32
+    assert grid.model_kwargs == {"fpn_channels": 64, "aspect_ratios": [1.0]}
     assert load_config(None, ["model=yolo", "data=mnist-det", "epochs=2"]).epochs == 2  # overrides win
     bare = load_config(None, ["task=detection", "model=yolo", "data=mnist-det", "recipe=none"])
     assert bare.backbone is None and bare.epochs == 12 and bare.model_kwargs == {}

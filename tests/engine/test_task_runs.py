@@ -27,7 +27,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def yolo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("det") / "run"
-    args = ["train", "task=detection", "model=yolo", "data=mnist-det", "model_kwargs.fpn_channels=32", *TINY]
+    args = ["train", "task=detection", "model=yolo", "data=mnist-det", "model_kwargs.neck_channels=16", *TINY]
     assert main([*args, f"output_dir={out}"]) == 0
     return out
 

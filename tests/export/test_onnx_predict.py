@@ -44,6 +44,22 @@ def yolo_run(tmp_path_factory):
         "model=yolo",
         "backbone=resnet18",
         "data=mnist-det",
+        "model_kwargs.neck_channels=16",
+        "data.image_size=64",
+        "data.train_size=32",
+        "data.val_size=16",
+        "task_kwargs.iou_threshold=0.6",
+    )
+
+
+@pytest.fixture(scope="module")
+def yolo_grid_run(tmp_path_factory):
+    return _train(
+        tmp_path_factory,
+        "grid",
+        "model=yolo_grid",
+        "backbone=resnet18",
+        "data=mnist-det",
         "model_kwargs.fpn_channels=16",
         "data.image_size=64",
         "data.train_size=32",
@@ -104,7 +120,7 @@ def test_file_metadata_holds_what_inference_needs(yolo_run, tmp_path):
     }
     assert meta["cnnkit.outputs"] == "list"  # one map per pyramid level
     assert meta["cnnkit.config"] == checkpoint["config"]
-    assert meta["cnnkit.config"]["model_kwargs"] == {"fpn_channels": 16}
+    assert meta["cnnkit.config"]["model_kwargs"] == {"neck_channels": 16}
     assert meta["cnnkit.version"] == cnnkit.__version__
 
 
@@ -125,7 +141,9 @@ def _same_detections(mine, theirs, threshold):
     return len(clear(theirs["detections"]))
 
 
-def test_detection_file_answers_as_pytorch(yolo_run, tmp_path):
+@pytest.mark.parametrize("run", ["yolo_run", "yolo_grid_run"])
+def test_detection_file_answers_as_pytorch(run, request, tmp_path):
+    yolo_run = request.getfixturevalue(run)
     path = _export(yolo_run, tmp_path / "yolo.onnx")  # a fixed batch of 1: predicted image by image
     images = [MNISTDetection("val", size=4, image_size=96, seed=3)[i][0] for i in range(4)]
     images.append(images[0][:, :, 10:80])  # not square: letterboxed with padding on the right

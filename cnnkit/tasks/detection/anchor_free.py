@@ -278,10 +278,11 @@ def _pad_targets(
         "Liu et al., 2018, PANet"
     ),
 )
-def yolo_af(
+def yolo(
     num_classes: int = 80, backbone: str = "resnet18", in_chans: int = 3, **kwargs: Any
 ) -> AnchorFreeYOLO:
-    """An anchor-free YOLO on a registered ``backbone`` (see :class:`AnchorFreeYOLO`).
+    """The anchor-free YOLO on a registered ``backbone`` (see :class:`AnchorFreeYOLO`); cnnkit's default
+    detector. The page's per-cell grid form is ``yolo_grid`` (:mod:`cnnkit.tasks.detection.yolo`).
 
     Args:
         num_classes: object classes.

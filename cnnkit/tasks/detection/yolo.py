@@ -1,4 +1,5 @@
-"""A YOLO-style single-stage detector: backbone + FPN + a grid head per pyramid level.
+"""A YOLO-style single-stage detector in the page's form (model ``yolo_grid``): backbone + FPN + a grid head per
+pyramid level. cnnkit's ``yolo`` is the anchor-free detector of :mod:`cnnkit.tasks.detection.anchor_free`.
 
 The page: "divide image into S x S grid, predict B bounding boxes and class probabilities per cell. Output
 per cell: (x, y, w, h, confidence) * B + class_probs * C". Here each pyramid level ``l`` is a grid of
@@ -371,8 +372,11 @@ class YOLODetector(nn.Module):
     input_size=(3, 512, 512),
     paper="Redmon et al., 2016, You Only Look Once; Redmon and Farhadi, 2018, YOLOv3 (multi-scale heads)",
 )
-def yolo(num_classes: int = 80, backbone: str = "resnet18", in_chans: int = 3, **kwargs: Any) -> YOLODetector:
-    """A YOLO-style single-stage detector on a registered ``backbone`` (see :class:`YOLODetector`).
+def yolo_grid(
+    num_classes: int = 80, backbone: str = "resnet18", in_chans: int = 3, **kwargs: Any
+) -> YOLODetector:
+    """The page's per-cell grid YOLO on a registered ``backbone`` (see :class:`YOLODetector`); the anchor-free
+    ``yolo`` (:mod:`cnnkit.tasks.detection.anchor_free`) localises far better.
 
     Args:
         num_classes: object classes.

@@ -265,7 +265,7 @@ def test_trains_with_mosaic_closed_for_the_last_epoch_and_ema(tmp_path):
             seen.append([type(t).__name__ for t in trainer.task.augment.transforms])
 
     run = train(
-        model="yolo_af",
+        model="yolo",
         backbone="resnet18",
         recipe="none",
         data={"name": "mnist-det", "train_size": 16, "val_size": 8, "batch_size": 8, "image_size": 64},
