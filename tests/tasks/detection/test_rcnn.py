@@ -3,10 +3,12 @@ import torch
 from torchvision import ops
 
 import cnnkit
+from cnnkit.data import MNISTDetection
 from cnnkit.errors import ConfigError
 from cnnkit.export.formats import check_exportable
 from cnnkit.tasks.detection.boxes import BoxCoder
 from cnnkit.tasks.detection.fast_rcnn import FastRCNN
+from cnnkit.tasks.detection.proposals import SelectiveSearch
 from cnnkit.tasks.detection.rcnn import (
     RCNN,
     context_boxes,
@@ -204,3 +206,39 @@ def test_registered_cards_say_detection_and_not_exportable():
         assert card.task == "detection"
         with pytest.raises(ConfigError, match="cannot be exported"):
             check_exportable(card)
+
+
+@pytest.mark.parametrize(
+    "model, options",
+    [("rcnn", {"warp_size": 32, "svm_images": 4}), ("fast_rcnn", {"batch_size_per_image": 16})],
+)
+def test_trains_in_one_command_then_loads_predicts_and_evaluates(tmp_path, model, options):
+    run = cnnkit.train(
+        recipe="none",
+        task="detection",
+        model=model,
+        backbone="mobilenet_v3_small",
+        data={"name": "mnist-det", "train_size": 4, "val_size": 2, "batch_size": 2},
+        epochs=1,
+        augment=[],
+        progress=False,
+        plots=False,
+        output_dir=str(tmp_path / model),
+        model_kwargs={
+            "representation_size": 16,
+            "proposals": {"workers": 1, "cache": str(tmp_path)},
+            **options,
+        },
+    )
+    assert 0.0 <= run.metrics["map50"] <= 1.0 and run.metrics["images"] == 2
+    predictor = cnnkit.load(run.dir)
+    if model == "rcnn":  # its SVMs were fitted after the (only) epoch, and saved
+        assert bool(predictor.model.fitted)
+    blank, (digits, _) = torch.zeros(1, 50, 70, dtype=torch.uint8), MNISTDetection("val", size=1)[0]
+    answers = predictor.predict([blank, digits], conf=0.0)
+    assert all(set(d) == {"label", "score", "box"} for a in answers for d in a["detections"])
+    predictor.model.proposals = SelectiveSearch(
+        min_size=200, cache=False, workers=1
+    )  # keeps no box of 128 px
+    assert [a["detections"] for a in predictor.predict([blank, digits], conf=0.0)] == [[], []]
+    assert cnnkit.evaluate(run.dir)["map50"] == pytest.approx(run.metrics["map50"])
