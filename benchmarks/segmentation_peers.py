@@ -1,0 +1,212 @@
+"""cnnkit's U-Net and U-Net++ against segmentation_models_pytorch's, trained alike for the same wall time.
+
+Run (segmentation_models_pytorch, MIT, is installed only for this script; cnnkit never imports it):
+
+    pip install segmentation-models-pytorch
+    python benchmarks/segmentation_peers.py [--minutes M] [--models unet unetplusplus] [--figure PATH]
+
+Everything but the implementation is shared, in one process:
+
+- encoder: ResNet-18 for all four models, with the same initial weights: one torchvision ``resnet18``
+  state_dict (seed 0, its first conv summed over RGB for the 1-channel images) loaded into cnnkit's backbone
+  and into smp's encoder, which both take torchvision's ResNet keys;
+- decoder widths: smp's defaults (256, 128, 64, 32, 16 from the deepest block to the full-resolution one),
+  given to cnnkit as ``decoder_channels=(16, 32, 64, 128, 256, 512)`` (finest row first), so the models
+  have the same widths (parameters within 2%, MACs within 10%, printed);
+- data: the generated MNIST-Seg at 128x128 (train 4,000, seed 0; held-out val 500, seed 1, as
+  ``benchmarks/train_tasks.py``), no augmentation, the same batch order (seeded);
+- loss: cnnkit's cross-entropy + Dice on the logits; optimiser AdamW (lr 1e-3, weight decay 1e-4, constant);
+  batch 16, NHWC, float32, the torch threads of the machine;
+- budget: each model trains for ``--minutes`` of wall time (checked after every step), then is scored on the
+  whole held-out set with cnnkit's confusion-matrix mIoU (background included).
+
+It prints, per model, the steps taken, the median training step time, parameters, MACs at 128x128 and the
+held-out mIoU, the ratios ours / smp, and writes a figure of held-out predictions from all models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+import cnnkit
+from cnnkit.data import MNISTSegmentation
+from cnnkit.data.sources import GENERATED_SEEDS, MNIST_MEAN, MNIST_STD
+from cnnkit.tasks import plots
+from cnnkit.tasks.segmentation import confusion_matrix, miou
+from cnnkit.tasks.segmentation.losses import cross_entropy, dice_loss
+
+NUM_CLASSES = len(MNISTSegmentation.classes) + 1
+SMP_DECODER = (256, 128, 64, 32, 16)
+"""smp's default decoder widths, deepest block first."""
+OURS_DECODER = (16, 32, 64, 128, 256, 512)
+"""The same widths in cnnkit's order: the full-resolution row, then ResNet-18's five stages (the deepest
+stage has no decoder block of its own, so its entry is not used)."""
+
+
+def encoder_weights() -> dict[str, torch.Tensor]:
+    """One randomly initialised torchvision ResNet-18 (seed 0) as a 1-channel encoder state_dict."""
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state["conv1.weight"] = state["conv1.weight"].sum(1, keepdim=True)
+    return state
+
+
+def build(name: str, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """``cnnkit:unet``, ``cnnkit:unetplusplus``, ``smp:unet`` or ``smp:unetplusplus`` with the shared encoder."""
+    library, model = name.split(":")
+    if library == "cnnkit":
+        net = cnnkit.create_model(
+            model, backbone="resnet18", in_chans=1, num_classes=NUM_CLASSES, decoder_channels=OURS_DECODER
+        )
+        net.backbone.load_state_dict(weights)
+    else:
+        import segmentation_models_pytorch as smp
+
+        kind = {"unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus}[model]
+        net = kind(
+            "resnet18", encoder_weights=None, in_channels=1, classes=NUM_CLASSES, decoder_channels=SMP_DECODER
+        )
+        net.encoder.load_state_dict(weights)
+    return net.to(memory_format=torch.channels_last)
+
+
+def load_split(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A generated MNIST-Seg split as normalised images ``(N, 1, 128, 128)`` and masks ``(N, 128, 128)``."""
+    data = MNISTSegmentation(split, size=size, image_size=128, seed=GENERATED_SEEDS[split])
+    items = [data[i] for i in range(len(data))]
+    images = torch.stack([image for image, _ in items]).float() / 255
+    images = (images - MNIST_MEAN[0]) / MNIST_STD[0]
+    return images, torch.stack([target["mask"] for _, target in items])
+
+
+def train_for(
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, seconds: float, batch_size: int
+) -> list[float]:
+    """Train until ``seconds`` of wall time have passed; the time of every step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    steps: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        order = torch.randperm(len(images), generator=generator)
+        for batch in order.split(batch_size):
+            if len(batch) < batch_size or time.perf_counter() - start >= seconds:
+                continue
+            tick = time.perf_counter()
+            x = images[batch].contiguous(memory_format=torch.channels_last)
+            logits = model(x)
+            loss = cross_entropy(logits, masks[batch]) + dice_loss(logits, masks[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps.append(time.perf_counter() - tick)
+    return steps
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
+    """Class maps ``(N, H, W)`` of a model in eval mode."""
+    model.eval()
+    out = [model(x.contiguous(memory_format=torch.channels_last)).argmax(1) for x in images.split(batch_size)]
+    return torch.cat(out)
+
+
+def measure(name: str, data: dict, minutes: float, batch_size: int, weights: dict) -> dict:
+    """Train and score one model; its figures and held-out predictions."""
+    model = build(name, weights)
+    params = sum(p.numel() for p in model.parameters())
+    macs = cnnkit.analyze(build(name, weights).eval(), input_size=(1, 128, 128)).macs
+    steps = train_for(model, *data["train"], minutes * 60, batch_size)
+    predicted = predict(model, data["val"][0])
+    matrix = confusion_matrix(predicted, data["val"][1], NUM_CLASSES)
+    return {
+        "name": name,
+        "params": params,
+        "macs": macs,
+        "steps": len(steps),
+        "step_s": statistics.median(steps[3:] or steps),
+        "miou": miou(matrix),
+        "predicted": predicted[:4],
+    }
+
+
+def report(results: list[dict], minutes: float) -> None:
+    """The table of every model, then ours / smp per architecture."""
+    print(f"\n{minutes:g} min of training each, batch 16, 128x128, {torch.get_num_threads()} threads")
+    print("| model | params | MACs | steps | step (median) | held-out mIoU |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(
+            f"| {r['name']} | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e9:.2f} G | {r['steps']} | "
+            f"{r['step_s'] * 1000:.0f} ms | {r['miou']:.3f} |"
+        )
+    by_name = {r["name"]: r for r in results}
+    for arch in sorted({r["name"].split(":")[1] for r in results}):
+        ours, theirs = by_name.get(f"cnnkit:{arch}"), by_name.get(f"smp:{arch}")
+        if ours and theirs:
+            print(
+                f"{arch}: step time ours / smp {ours['step_s'] / theirs['step_s']:.2f}x, "
+                f"mIoU ours - smp {ours['miou'] - theirs['miou']:+.3f}"
+            )
+
+
+def figure(results: list[dict], data: dict, path: pathlib.Path) -> None:
+    """Four held-out images: the true mask, then each model's prediction, overlaid."""
+    images = data["val_raw"][:4]
+    panels: list[torch.Tensor] = []
+    overlay: Callable = plots.overlay_mask
+    for i, image in enumerate(images):
+        panels.append(overlay(image, data["val"][1][i], NUM_CLASSES))
+        panels += [overlay(image, r["predicted"][i], NUM_CLASSES) for r in results]
+    names = ", ".join(r["name"] for r in results)
+    plots.save_grid(panels, path, f"held-out MNIST-Seg: truth, then {names}", cols=len(results) + 1)
+    print(f"figure: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=4.0, help="training wall time per model")
+    parser.add_argument("--models", nargs="+", default=["unet", "unetplusplus"])
+    parser.add_argument("--train-size", type=int, default=4000)
+    parser.add_argument("--val-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--figure", type=pathlib.Path, default=pathlib.Path("segmentation_peers.png"))
+    args = parser.parse_args()
+    try:
+        import segmentation_models_pytorch  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "this benchmark needs segmentation_models_pytorch: pip install segmentation-models-pytorch"
+        ) from None
+    data = {"train": load_split("train", args.train_size), "val": load_split("val", args.val_size)}
+    raw = MNISTSegmentation("val", size=4, image_size=128, seed=GENERATED_SEEDS["val"])
+    data["val_raw"] = [raw[i][0] for i in range(4)]
+    weights = encoder_weights()
+    results = []
+    for arch in args.models:
+        for library in ("cnnkit", "smp"):
+            result = measure(f"{library}:{arch}", data, args.minutes, args.batch_size, weights)
+            print(
+                f"{result['name']}: {result['steps']} steps, {result['step_s'] * 1000:.0f} ms/step, "
+                f"mIoU {result['miou']:.3f}",
+                flush=True,
+            )
+            results.append(result)
+    report(results, args.minutes)
+    figure(results, data, args.figure)
+
+
+if __name__ == "__main__":
+    main()
