@@ -295,7 +295,23 @@ class PlotsCallback(Callback):
 
         plots.plot_curves(trainer.history, self.run_dir / "curves.png", self.metric)
         trainer.task.plot_metrics(trainer.metrics, self.run_dir)
-        val_data = getattr(trainer.val_loader, "dataset", None)
-        if val_data is not None and len(val_data):
-            model = trainer.eval_model.eval()
-            trainer.task.plot_predictions(model, val_data, trainer.device, self.run_dir / "predictions.png")
+        draw_predictions(trainer, self.run_dir / "predictions.png")
+
+
+def draw_predictions(trainer: Trainer, path: pathlib.Path) -> bool:
+    """Write the task's picture of the evaluated model's predictions on validation samples
+    (:meth:`~cnnkit.tasks.base.Task.plot_predictions`) to ``path``; the model's train/eval mode is restored.
+
+    Returns:
+        ``False`` when there is no validation data to draw.
+    """
+    val_data = getattr(trainer.val_loader, "dataset", None)
+    if val_data is None or not len(val_data):
+        return False
+    model = trainer.eval_model
+    was_training = model.training
+    try:
+        trainer.task.plot_predictions(model.eval(), val_data, trainer.device, path)
+    finally:
+        model.train(was_training)
+    return True

@@ -12,7 +12,9 @@ every step         ``train/loss``, ``train/lr``                     -
 every epoch        ``epoch/<column>`` for each number of the        ``<column>`` for each number of the epoch's
                    epoch's ``metrics.csv`` row (``train_loss``,     row, at step = epoch
                    ``lr``, validation ``loss``, ``accuracy``...),
-                   at the optimizer step the epoch ended on
+                   at the optimizer step the epoch ended on;
+                   ``predictions``: the task's picture of the
+                   validation samples (classes, boxes or masks)
 at the end         the run's PNG plots as images                    checkpoints (``checkpoints/``), plots
                                                                     (``plots/``), ``config.yaml``,
                                                                     ``metrics.csv``
@@ -31,11 +33,13 @@ from __future__ import annotations
 
 import json
 import pathlib
+import tempfile
 import time
 from typing import Any
 
 import torch
 
+from cnnkit.engine.callbacks import draw_predictions
 from cnnkit.engine.config import LOGGERS, TrainConfig, config_to_dict
 from cnnkit.engine.trainer import Callback, Trainer
 from cnnkit.errors import ConfigError
@@ -90,24 +94,38 @@ def _plots(run_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(run_dir.glob("*.png"))
 
 
+def _pixels(path: pathlib.Path) -> Any:
+    """A PNG as an ``(H, W, 3)`` uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 class TensorBoardLogger(Callback):
     """Write TensorBoard event files into ``run_dir / "tensorboard"`` (open with
     ``tensorboard --logdir RUN/tensorboard``).
 
     Scalars: ``train/loss`` and ``train/lr`` after every optimizer step; ``epoch/<column>`` for every number
     of the epoch's ``metrics.csv`` row after every epoch, at the step the epoch ended on (one x-axis for
-    all). When the run ends, its PNG plots (curves, confusion matrix or PR curves, predictions) as images.
+    all). Images: after every ``images_every`` epochs, ``predictions``, the task's picture of the evaluated
+    model on the same validation samples as ``predictions.png`` (top classes, drawn boxes or mask overlays),
+    so TensorBoard's slider shows them improve; when the run ends, its PNG plots (curves, confusion matrix
+    or PR curves, predictions) under ``plots/``.
 
     Args:
         run_dir: the run directory.
+        images_every: epochs between two ``predictions`` images (0: none).
 
     Raises:
         ConfigError: the ``tensorboard`` package is not installed.
     """
 
-    def __init__(self, run_dir: pathlib.Path) -> None:
+    def __init__(self, run_dir: pathlib.Path, images_every: int = 1) -> None:
         self._writer_class = _summary_writer()
         self.log_dir = pathlib.Path(run_dir) / "tensorboard"
+        self.images_every = images_every
         self.writer: Any = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -127,18 +145,18 @@ class TensorBoardLogger(Callback):
         row = trainer.history[-1]
         for key, value in epoch_scalars(row).items():
             self.writer.add_scalar(f"epoch/{key}", value, row["step"])
+        if self.images_every and trainer.epoch % self.images_every == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                path = pathlib.Path(folder) / "predictions.png"
+                if draw_predictions(trainer, path):
+                    self.writer.add_image("predictions", _pixels(path), row["step"], dataformats="HWC")
         self.writer.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.writer is None:
             return
-        import numpy as np
-        from PIL import Image
-
         for path in _plots(self.log_dir.parent):
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"))
-            self.writer.add_image(f"plots/{path.stem}", pixels, trainer.step, dataformats="HWC")
+            self.writer.add_image(f"plots/{path.stem}", _pixels(path), trainer.step, dataformats="HWC")
         self._close()
 
     def on_interrupt(self, trainer: Trainer) -> None:

@@ -70,10 +70,16 @@ def test_tensorboard_scalars_equal_metrics_csv(logged_run):
     assert rows[1]["lr"] == pytest.approx(events.Scalars("train/lr")[-1].value, rel=1e-6)
 
 
-def test_tensorboard_holds_the_final_plots_as_images(logged_run):
+def test_tensorboard_holds_predictions_every_epoch_and_the_final_plots(logged_run):
     run, _, _ = logged_run
     images = _scalars(run.dir).Tags()["images"]
-    assert sorted(images) == ["plots/confusion_matrix", "plots/curves", "plots/predictions"]
+    assert sorted(images) == ["plots/confusion_matrix", "plots/curves", "plots/predictions", "predictions"]
+    # the validation samples' picture after each epoch, at the step it ended on, as predictions.png draws it
+    per_epoch = _scalars(run.dir).Images("predictions")
+    assert [image.step for image in per_epoch] == [int(row["step"]) for row in _csv_rows(run.dir)]
+    last, final = per_epoch[-1], _scalars(run.dir).Images("plots/predictions")[0]
+    assert (last.width, last.height) == (final.width, final.height)
+    assert last.encoded_image_string == final.encoded_image_string  # the same model, the same picture
     curves = _scalars(run.dir).Images("plots/curves")[0]
     from PIL import Image
 
