@@ -155,6 +155,11 @@ def main() -> None:
     )
     parser.add_argument("--images", type=int, default=100, help="held-out images timed one by one")
     parser.add_argument("--chart", type=pathlib.Path, default=pathlib.Path("docs/images/rcnn_lineage.png"))
+    parser.add_argument(
+        "--metrics-from-runs",
+        action="store_true",
+        help="with --runs: take the mAPs of each run's last epoch from its metrics.csv instead of evaluating again",
+    )
     args = parser.parse_args()
 
     import cnnkit
@@ -175,7 +180,11 @@ def main() -> None:
     for name in RECIPES:
         run_dir = runs / name
         predictor = cnnkit.load(run_dir)
-        metrics = cnnkit.evaluate(predictor)
+        if args.metrics_from_runs:
+            with (run_dir / "metrics.csv").open() as f:
+                metrics = {k: float(v) for k, v in list(csv.DictReader(f))[-1].items() if v}
+        else:
+            metrics = cnnkit.evaluate(predictor)
         rows.append(
             {
                 "recipe": name,
