@@ -137,6 +137,7 @@ def chart(rows: list[dict], path: pathlib.Path) -> None:
         right.bar(names, values, bottom=bottom, label=part)
         bottom = [b + v for b, v in zip(bottom, values)]
     right.set_yscale("log")
+    right.set_ylim(bottom=10)  # an RPN's tens of ms stay visible under the backbone
     right.set_ylabel("ms per image (log)")
     right.set_title("inference, one image at a time, 2 CPU cores")
     right.legend(fontsize=8)
