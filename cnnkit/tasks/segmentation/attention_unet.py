@@ -173,8 +173,9 @@ class AttentionUNet(UNetEncoderBase):
         logits = self.head(y)
         for coarse in scores:
             logits = logits + coarse
-        # under torch.fx tracing the coefficients are Proxies, not values: there is nothing to keep
-        if all(isinstance(alpha, Tensor) for alpha in alphas):
+        # under torch.fx tracing the coefficients are Proxies, not values, and under torch.jit tracing (ONNX
+        # export) the sizes are traced tensors: there is nothing to keep
+        if not torch.jit.is_tracing() and all(isinstance(alpha, Tensor) for alpha in alphas):
             self.attention_maps = [alpha.detach() for alpha in alphas]
             self._input_size = (int(height), int(width))
         return logits[..., :height, :width]
