@@ -61,13 +61,13 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(column, justify="right" if column in ("Target", "Minutes") else "left")
     for row in rows:
         measured = f"{row['metric']} {row['value']:.3f}" if row["value"] is not None else "-"
-        target = f">= {row['target']:.2f}" if row["target"] is not None else "-"
+        target = f">= {row['target']:g}" if row["target"] is not None else "-"
         minutes = f"{row['minutes']:.1f}" if row["minutes"] is not None else "-"
         machine = row["machine"] or "-"
         table.add_row(row["name"], row["task"], row["model"], row["data"], measured, target, minutes, machine)
     console().print(table)
     print(
-        "measured by `python benchmarks/train_tasks.py NAME` (end to end, pretraining included); "
-        "the AMD EPYC (AVX2) machine type takes about twice the Intel Xeon (AVX-512) one's time"
+        "measured by `python benchmarks/train_tasks.py NAME` (end to end, pretraining included); compare "
+        "minutes on one machine type: the AMD EPYC (AVX2) one took 1-2x the Intel Xeon (AVX-512) one's"
     )
     return 0
