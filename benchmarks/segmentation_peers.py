@@ -30,7 +30,6 @@ import argparse
 import pathlib
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 import torchvision
@@ -125,7 +124,7 @@ def measure(name: str, data: dict, minutes: float, batch_size: int, weights: dic
     """Train and score one model; its figures and held-out predictions."""
     model = build(name, weights)
     params = sum(p.numel() for p in model.parameters())
-    macs = cnnkit.analyze(build(name, weights).eval(), input_size=(1, 128, 128)).macs
+    macs = cnnkit.analyze(model.eval(), input_size=(1, 128, 128)).macs  # train_for sets train mode
     steps = train_for(model, *data["train"], minutes * 60, batch_size)
     predicted = predict(model, data["val"][0])
     matrix = confusion_matrix(predicted, data["val"][1], NUM_CLASSES)
@@ -164,10 +163,9 @@ def figure(results: list[dict], data: dict, path: pathlib.Path) -> None:
     """Four held-out images: the true mask, then each model's prediction, overlaid."""
     images = data["val_raw"][:4]
     panels: list[torch.Tensor] = []
-    overlay: Callable = plots.overlay_mask
     for i, image in enumerate(images):
-        panels.append(overlay(image, data["val"][1][i], NUM_CLASSES))
-        panels += [overlay(image, r["predicted"][i], NUM_CLASSES) for r in results]
+        panels.append(plots.overlay_mask(image, data["val"][1][i], NUM_CLASSES))
+        panels += [plots.overlay_mask(image, r["predicted"][i], NUM_CLASSES) for r in results]
     names = ", ".join(r["name"] for r in results)
     plots.save_grid(panels, path, f"held-out MNIST-Seg: truth, then {names}", cols=len(results) + 1)
     print(f"figure: {path}")
