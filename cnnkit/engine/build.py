@@ -294,6 +294,11 @@ def build_trainer(
         CSVLogger(run_dir / "metrics.csv"),
     ]
     if config.early_stopping_patience:
+        if hasattr(getattr(model, "module", model), "after_train_epoch"):
+            raise ConfigError(
+                f"early_stopping_patience: {config.model} fits its last stage after the final epoch "
+                "(after_train_epoch), which an early stop would skip; train a fixed number of epochs"
+            )
         all_callbacks.append(EarlyStopping(metric, config.early_stopping_patience))
     if config.transfer.progressive_every:
         all_callbacks.append(ProgressiveUnfreezing(config.transfer.progressive_every))

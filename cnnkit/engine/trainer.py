@@ -264,8 +264,9 @@ class Trainer:
                 self._fire("on_epoch_start")
                 start = time.perf_counter()
                 train_loss = self._train_epoch()
+                # a model's later stages (R-CNN's SVMs) fit the weights that are evaluated and saved
                 self.task.after_train_epoch(
-                    self._unwrapped(),
+                    self.eval_model,
                     self.train_loader,
                     epoch=self.epoch,
                     epochs=self.epochs,

@@ -299,7 +299,8 @@ class Task(abc.ABC):
         Other models have no such method and nothing happens.
 
         Args:
-            model: the trained model (unwrapped from DDP).
+            model: the model that is evaluated and saved (the EMA copy when the run keeps one, else the
+                trained model unwrapped from DDP).
             loader: the training loader (``epoch(e)`` yields its batches).
             epoch / epochs: the epoch just trained (0-based) and the run's number of epochs.
             device: where the batches go.

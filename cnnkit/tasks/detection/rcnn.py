@@ -360,8 +360,8 @@ class RCNN(nn.Module):
 
         Returns:
             ``{"image_size", "proposals", "rois" (list of (R_i, 4)), "class_logits" (R, C + 1)}``; in training
-            with targets also ``"roi_labels"``; otherwise also ``"svm_scores" (R, C)`` and ``"box_deltas"
-            (R, C, 4)`` (zeros until :meth:`fit_svms` ran).
+            with targets also ``"roi_labels"``; otherwise also ``"box_deltas" (R, C, 4)`` (zeros until
+            :meth:`fit_svms` ran) and, once it ran, ``"svm_scores" (R, C)``.
         """
         image_size = (images.shape[-2], images.shape[-1])
         proposals = self.proposals(images)
@@ -373,7 +373,8 @@ class RCNN(nn.Module):
         pool5, fc7 = self.region_features(images, outputs["rois"])
         outputs["class_logits"] = self.cls_score(fc7)
         if not (self.training and targets is not None):
-            outputs["svm_scores"] = (fc7 * self.feature_scale[0]) @ self.svm_weight.T + self.svm_bias
+            if bool(self.fitted):  # the outputs say which scores they carry: postprocess reads no state
+                outputs["svm_scores"] = (fc7 * self.feature_scale[0]) @ self.svm_weight.T + self.svm_bias
             scaled = torch.cat([pool5 * self.feature_scale[1], pool5.new_ones(len(pool5), 1)], 1)
             outputs["box_deltas"] = torch.einsum("rd,cdk->rck", scaled, self.bbox_weight)
         return outputs
@@ -444,7 +445,7 @@ class RCNN(nn.Module):
         """
         image_size = tuple(image_size or outputs["image_size"])
         rois = outputs["rois"]
-        if bool(self.fitted):
+        if "svm_scores" in outputs:  # not self.fitted: the task may hold the raw model beside its EMA copy
             scores = outputs["svm_scores"].sigmoid()
         else:
             scores = F.softmax(outputs["class_logits"], -1)[:, 1:]

@@ -209,10 +209,14 @@ def test_registered_cards_say_detection_and_not_exportable():
 
 
 @pytest.mark.parametrize(
-    "model, options",
-    [("rcnn", {"warp_size": 32, "svm_images": 4}), ("fast_rcnn", {"batch_size_per_image": 16})],
+    "model, options, run_options",
+    [
+        # with an EMA of weights, the SVMs are fitted on the EMA copy: the one evaluated and saved
+        ("rcnn", {"warp_size": 32, "svm_images": 4}, {"ema_decay": 0.5}),
+        ("fast_rcnn", {"batch_size_per_image": 16}, {}),
+    ],
 )
-def test_trains_in_one_command_then_loads_predicts_and_evaluates(tmp_path, model, options):
+def test_trains_in_one_command_then_loads_predicts_and_evaluates(tmp_path, model, options, run_options):
     run = cnnkit.train(
         recipe="none",
         task="detection",
@@ -229,6 +233,7 @@ def test_trains_in_one_command_then_loads_predicts_and_evaluates(tmp_path, model
             "proposals": {"workers": 1, "cache": str(tmp_path)},
             **options,
         },
+        **run_options,
     )
     assert 0.0 <= run.metrics["map50"] <= 1.0 and run.metrics["images"] == 2
     predictor = cnnkit.load(run.dir)
@@ -242,3 +247,19 @@ def test_trains_in_one_command_then_loads_predicts_and_evaluates(tmp_path, model
     )  # keeps no box of 128 px
     assert [a["detections"] for a in predictor.predict([blank, digits], conf=0.0)] == [[], []]
     assert cnnkit.evaluate(run.dir)["map50"] == pytest.approx(run.metrics["map50"])
+
+
+def test_early_stopping_is_refused_for_a_model_with_a_final_stage(tmp_path):
+    with pytest.raises(ConfigError, match="early_stopping_patience: rcnn fits its last stage"):
+        cnnkit.train(
+            recipe="none",
+            task="detection",
+            model="rcnn",
+            backbone="mobilenet_v3_small",
+            data={"name": "mnist-det", "train_size": 4, "val_size": 2, "batch_size": 2},
+            epochs=2,
+            early_stopping_patience=1,
+            progress=False,
+            output_dir=str(tmp_path / "run"),
+            model_kwargs={"representation_size": 16, "proposals": PROPOSALS},
+        )
