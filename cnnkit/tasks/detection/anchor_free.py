@@ -18,8 +18,19 @@ Built from the papers, in our own code:
   normalised by the sum of the soft targets;
 - **neck**: an FPN, or a PAN (top-down then bottom-up, Liu et al. 2018; ``neck="pan"``).
 
-The raw output of level ``l`` is one map ``(N, 4 * reg_max + C, H_l, W_l)``: channels ``0 .. 4 reg_max - 1``
-are the distributions of ``l, t, r, b`` (``reg_max`` each, in that order), the last ``C`` the class logits.
+Each component can be swapped for the simpler standard one it improved on, to measure what it brings (the
+ablation table of ``docs/detection.md``); the defaults are the full detector:
+
+- ``assigner="centre"``: FCOS's static centre sampling with hard class targets
+  (:class:`~cnnkit.tasks.detection.assign.CentreAssigner`) instead of task-aligned assignment;
+- ``dfl=False``: each side's distance regressed directly, ``softplus(raw) * stride`` (one output per side),
+  with no DFL term, instead of a distribution;
+- ``box_loss="iou"`` (or ``"giou"``, ``"diou"``): that overlap loss instead of CIoU;
+- ``neck="fpn"``: no bottom-up path.
+
+The raw output of level ``l`` is one map ``(N, 4 * B + C, H_l, W_l)`` with ``B = reg_max`` (``B = 1`` with
+``dfl=False``): channels ``0 .. 4 B - 1`` are the box outputs of ``l, t, r, b`` (``B`` each, in that order),
+the last ``C`` the class logits.
 Decoding and post-processing are methods, outside ``forward``, so the model exports to ONNX and traces
 with ``torch.fx`` as it is.
 """
@@ -38,8 +49,8 @@ from cnnkit.errors import ConfigError
 from cnnkit.layers import FPN, PAN, ConvNormAct
 from cnnkit.models.registry import create_model, register_model
 from cnnkit.tasks.detection.anchors import anchor_points
-from cnnkit.tasks.detection.assign import TaskAlignedAssigner
-from cnnkit.tasks.detection.boxes import batched_nms, box_to_distance, distance_to_box, iou_loss
+from cnnkit.tasks.detection.assign import AlignedTargets, CentreAssigner, TaskAlignedAssigner
+from cnnkit.tasks.detection.boxes import IoUKind, batched_nms, box_to_distance, distance_to_box, iou_loss
 from cnnkit.tasks.detection.losses import distribution_expectation, distribution_focal_loss
 
 _PRIOR_PROBABILITY = 0.01
@@ -68,14 +79,21 @@ class AnchorFreeYOLO(nn.Module):
         neck_channels: channels of the neck's maps.
         head_channels: channels of the box and class branches; default ``neck_channels``.
         reg_max: values ``0 .. reg_max - 1`` (in strides) of each side's distance distribution; a side
-            reaches at most ``(reg_max - 1) * stride`` pixels from its point.
-        top_k / alpha / beta: the assigner's (:class:`TaskAlignedAssigner`).
-        loss_weights: ``(box, class, dfl)`` weights: CIoU, BCE and DFL (YOLOv8's gains 7.5, 0.5, 1.5).
+            reaches at most ``(reg_max - 1) * stride`` pixels from its point. With ``dfl=False`` only the
+            starting distance, ``(reg_max - 1) / 2`` strides as the flat distributions'.
+        assigner: ``"tal"`` (task-aligned, :class:`TaskAlignedAssigner`) or ``"centre"`` (FCOS's static
+            centre sampling, radius 1.5 strides, hard class targets: :class:`CentreAssigner`).
+        dfl: boxes as distributions trained with DFL; ``False``: one distance per side,
+            ``softplus(raw) * stride``, and no DFL term.
+        box_loss: the box loss ``1 - overlap``: ``"ciou"``, ``"diou"``, ``"giou"`` or ``"iou"``
+            (:func:`~cnnkit.tasks.detection.boxes.iou_loss`).
+        top_k / alpha / beta: the task-aligned assigner's (:class:`TaskAlignedAssigner`).
+        loss_weights: ``(box, class, dfl)`` weights: box loss, BCE and DFL (YOLOv8's gains 7.5, 0.5, 1.5).
         backbone_kwargs: passed to :func:`cnnkit.create_model` (e.g. ``in_chans=1``).
 
     Shape:
         - Input: ``(N, in_chans, H, W)`` normalised images.
-        - Output: list over levels of ``(N, 4 * reg_max + C, H_l, W_l)`` raw maps.
+        - Output: list over levels of ``(N, 4 * B + C, H_l, W_l)`` raw maps, ``B = reg_max`` with DFL, else 1.
     """
 
     def __init__(
@@ -87,6 +105,9 @@ class AnchorFreeYOLO(nn.Module):
         neck_channels: int = 64,
         head_channels: int | None = None,
         reg_max: int = 16,
+        assigner: Literal["tal", "centre"] = "tal",
+        dfl: bool = True,
+        box_loss: IoUKind = "ciou",
         top_k: int = 10,
         alpha: float = 0.5,
         beta: float = 6.0,
@@ -98,6 +119,10 @@ class AnchorFreeYOLO(nn.Module):
             raise ConfigError(f"neck must be 'pan' or 'fpn', got {neck!r}")
         if reg_max < 2:
             raise ConfigError(f"reg_max must be >= 2 (values 0 .. reg_max - 1), got {reg_max}")
+        if assigner not in ("tal", "centre"):
+            raise ConfigError(f"assigner must be 'tal' or 'centre', got {assigner!r}")
+        if box_loss not in ("iou", "giou", "diou", "ciou"):
+            raise ConfigError(f"box_loss must be 'iou', 'giou', 'diou' or 'ciou', got {box_loss!r}")
         self.backbone = create_model(
             backbone_name, features_only=True, out_indices=out_indices, **backbone_kwargs
         )
@@ -107,20 +132,25 @@ class AnchorFreeYOLO(nn.Module):
         head_channels = head_channels or neck_channels
         self.num_classes = num_classes
         self.reg_max = reg_max
+        self.dfl = dfl
+        self.box_loss = box_loss
         self.box_heads = nn.ModuleList(
-            _branch(neck_channels, head_channels, 4 * reg_max) for _ in self.strides
+            _branch(neck_channels, head_channels, 4 * reg_max if dfl else 4) for _ in self.strides
         )
         self.class_heads = nn.ModuleList(
             _branch(neck_channels, head_channels, num_classes) for _ in self.strides
         )
-        self.assigner = TaskAlignedAssigner(top_k, alpha, beta)
+        self.assigner = TaskAlignedAssigner(top_k, alpha, beta) if assigner == "tal" else CentreAssigner()
         self.loss_weights = tuple(loss_weights)
         prior_logit = -math.log((1 - _PRIOR_PROBABILITY) / _PRIOR_PROBABILITY)
+        # every side starts at (reg_max - 1) / 2 strides: flat distributions, or softplus(bias) of that value
+        start = (reg_max - 1) / 2
+        box_bias = 1.0 if dfl else start + math.log(-math.expm1(-start))
         with torch.no_grad():
             for head in self.class_heads:
                 head[-1].bias.fill_(prior_logit)
             for head in self.box_heads:
-                head[-1].bias.fill_(1.0)  # flat distributions: every side starts at (reg_max - 1) / 2
+                head[-1].bias.fill_(box_bias)
 
     def forward(self, images: torch.Tensor, targets: Any = None) -> list[torch.Tensor]:
         """Raw maps of each pyramid level (channel layout in the module docs).
@@ -135,10 +165,12 @@ class AnchorFreeYOLO(nn.Module):
 
     # -- decoding ------------------------------------------------------------------------------------------
     def _flatten(self, outputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distance logits ``(N, A, 4, reg_max)`` and class logits ``(N, A, C)``, points level by level."""
+        """Box outputs ``(N, A, 4, B)`` (``B = reg_max`` distance logits, or 1 raw distance without DFL) and
+        class logits ``(N, A, C)``, points level by level."""
         flat = torch.cat([o.flatten(2) for o in outputs], 2).transpose(1, 2)
         n, a, _ = flat.shape
-        return flat[..., : 4 * self.reg_max].reshape(n, a, 4, self.reg_max), flat[..., 4 * self.reg_max :]
+        box_channels = flat.shape[-1] - self.num_classes
+        return flat[..., :box_channels].reshape(n, a, 4, -1), flat[..., box_channels:]
 
     def points(self, outputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Anchor points ``(A, 2)`` pixels and their strides ``(A,)`` of the maps ``outputs``."""
@@ -146,14 +178,18 @@ class AnchorFreeYOLO(nn.Module):
         return anchor_points(sizes, self.strides, dtype=outputs[0].dtype, device=outputs[0].device)
 
     def _boxes(self, distances: torch.Tensor, points: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
-        expected = distribution_expectation(distances) * strides[:, None]
-        return distance_to_box(points, expected)
+        """``xyxy`` boxes ``(N, A, 4)`` of the box outputs ``(N, A, 4, B)`` (:meth:`_flatten`)."""
+        if self.dfl:
+            sides = distribution_expectation(distances)
+        else:
+            sides = F.softplus(distances[..., 0])
+        return distance_to_box(points, sides * strides[:, None])
 
     def decode(self, outputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes and class probabilities of every anchor point.
 
-        ``box = (x - l s, y - t s, x + r s, y + b s)`` with each side's ``E[distance]`` (GFL eq. 5) in strides
-        ``s``; ``p(class c) = sigmoid(logit c)``.
+        ``box = (x - l s, y - t s, x + r s, y + b s)`` with each side's ``E[distance]`` (GFL eq. 5), or
+        ``softplus(raw)`` without DFL, in strides ``s``; ``p(class c) = sigmoid(logit c)``.
 
         Returns:
             ``boxes (N, A, 4)`` xyxy pixels and ``class_probs (N, A, C)``.
@@ -166,48 +202,64 @@ class AnchorFreeYOLO(nn.Module):
     def criterion(
         self, outputs: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
-        """The loss: class BCE towards task-aligned soft targets, CIoU and DFL of the positives.
+        """The loss: class BCE towards the assigner's class targets, box loss (CIoU) and DFL of the positives.
 
-        With ``t_hat`` the assigner's soft class targets (``(N, A, C)``), ``w_a = sum_c t_hat[a, c]`` the
-        weight of positive ``a``, and ``T = max(sum t_hat, 1)``::
+        With ``t_hat`` the assigner's class targets (``(N, A, C)``; task-aligned soft targets, or 0 / 1 with
+        ``assigner="centre"``), ``w_a = sum_c t_hat[a, c]`` the weight of positive ``a``, and
+        ``T = max(sum t_hat, 1)``::
 
             class = sum_{a, c} BCE(logit[a, c], t_hat[a, c]) / T
             box   = sum_{a in P} w_a (1 - CIoU(box_a, object_a)) / T
             dfl   = sum_{a in P} w_a mean_{side} DFL(side distribution, side distance / stride) / T
             loss  = w_box box + w_class class + w_dfl dfl
 
-        as in TOOD (Feng et al. 2021) with GFL's DFL (Li et al. 2020).
+        as in TOOD (Feng et al. 2021) with GFL's DFL (Li et al. 2020); ``box_loss`` picks the overlap in
+        ``box``, and with ``dfl=False`` there is no ``dfl`` term.
 
         Args:
             outputs: the raw maps.
             targets: per image ``{"boxes": (G, 4) xyxy pixels, "labels": (G,)}``.
 
         Returns:
-            ``{"loss": total, "box", "class", "dfl"}`` (the terms detached).
+            ``{"loss": total, "box", "class", "dfl"}`` (the terms detached; no ``"dfl"`` with ``dfl=False``).
         """
         distances, class_logits = self._flatten(outputs)
         points, strides = self.points(outputs)
         boxes = self._boxes(distances, points, strides)
-        gt_boxes, gt_labels, gt_valid = _pad_targets(targets, boxes)
-        assigned = self.assigner(
-            class_logits.detach().sigmoid(), boxes.detach(), points, gt_labels, gt_boxes, gt_valid
-        )
+        assigned = self._assign(class_logits, boxes, points, strides, targets)
         total = assigned.scores.sum().clamp(min=1)
         classes = F.binary_cross_entropy_with_logits(class_logits, assigned.scores, reduction="sum") / total
         fg = assigned.foreground
+        box = dfl = boxes.sum() * 0
         if fg.any():
             weight = assigned.scores.sum(-1)[fg]
             target_boxes = assigned.boxes[fg]
-            box = (iou_loss(boxes[fg], target_boxes, "ciou") * weight).sum() / total
-            point_index = fg.nonzero()[:, 1]
-            sides = box_to_distance(points[point_index], target_boxes) / strides[point_index, None]
-            dfl = distribution_focal_loss(distances[fg], sides).mean(-1)
-            dfl = (dfl * weight).sum() / total
-        else:
-            box = dfl = boxes.sum() * 0
+            box = (iou_loss(boxes[fg], target_boxes, self.box_loss) * weight).sum() / total
+            if self.dfl:
+                point_index = fg.nonzero()[:, 1]
+                sides = box_to_distance(points[point_index], target_boxes) / strides[point_index, None]
+                dfl = (distribution_focal_loss(distances[fg], sides).mean(-1) * weight).sum() / total
         w_box, w_class, w_dfl = self.loss_weights
         loss = w_box * box + w_class * classes + w_dfl * dfl
-        return {"loss": loss, "box": box.detach(), "class": classes.detach(), "dfl": dfl.detach()}
+        terms = {"box": box, "class": classes, "dfl": dfl} if self.dfl else {"box": box, "class": classes}
+        return {"loss": loss, **{name: term.detach() for name, term in terms.items()}}
+
+    def _assign(
+        self,
+        class_logits: torch.Tensor,
+        boxes: torch.Tensor,
+        points: torch.Tensor,
+        strides: torch.Tensor,
+        targets: Sequence[dict[str, torch.Tensor]],
+    ) -> AlignedTargets:
+        """The positives and class targets of a batch: task-aligned from the (detached) predictions, or
+        static from the points' geometry alone."""
+        gt_boxes, gt_labels, gt_valid = _pad_targets(targets, boxes)
+        if isinstance(self.assigner, TaskAlignedAssigner):
+            return self.assigner(
+                class_logits.detach().sigmoid(), boxes.detach(), points, gt_labels, gt_boxes, gt_valid
+            )
+        return self.assigner(points, strides, gt_labels, gt_boxes, gt_valid, self.num_classes)
 
     # -- inference -----------------------------------------------------------------------------------------
     @torch.no_grad()

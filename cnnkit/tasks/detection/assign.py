@@ -15,6 +15,9 @@ target of a positive is IoU-aware and normalised per object (eq. 9's ``t_hat``):
 so the best-aligned prediction of each object is pulled towards that object's best IoU, the others in
 proportion; every other class (and every negative point) has target 0. The detector trains its class
 logits with BCE towards ``t_hat`` and weights its box losses by it (:mod:`cnnkit.tasks.detection.anchor_free`).
+
+:class:`CentreAssigner` is the static alternative it is ablated against: FCOS's centre sampling, blind to the
+predictions, with hard class targets.
 """
 
 from __future__ import annotations
@@ -44,6 +47,16 @@ class AlignedTargets:
     gt_index: torch.Tensor
     boxes: torch.Tensor
     scores: torch.Tensor
+
+    @classmethod
+    def none(cls, b: int, a: int, c: int, like: torch.Tensor) -> AlignedTargets:
+        """No positives (a batch without objects), tensors of ``like``'s dtype and device."""
+        return cls(
+            torch.zeros(b, a, dtype=torch.bool, device=like.device),
+            torch.zeros(b, a, dtype=torch.int64, device=like.device),
+            like.new_zeros(b, a, 4),
+            like.new_zeros(b, a, c),
+        )
 
 
 class TaskAlignedAssigner:
@@ -91,12 +104,7 @@ class TaskAlignedAssigner:
         b, a, c = scores.shape
         g = gt_boxes.shape[1]
         if g == 0:
-            return AlignedTargets(
-                torch.zeros(b, a, dtype=torch.bool, device=scores.device),
-                torch.zeros(b, a, dtype=torch.int64, device=scores.device),
-                pred_boxes.new_zeros(b, a, 4),
-                scores.new_zeros(b, a, c),
-            )
+            return AlignedTargets.none(b, a, c, scores)
         # anchor points strictly inside each object's box: (B, G, A)
         x, y = points[:, 0], points[:, 1]
         x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))
@@ -124,3 +132,66 @@ class TaskAlignedAssigner:
         target_scores = F.one_hot(labels, c).to(scores.dtype) * (quality * foreground)[..., None]
         boxes = gt_boxes.gather(1, gt_index[..., None].expand(b, a, 4))
         return AlignedTargets(foreground, gt_index, boxes, target_scores)
+
+
+class CentreAssigner:
+    """Static centre sampling (Tian et al., "FCOS: Fully Convolutional One-Stage Object Detection", ICCV 2019,
+    Sec. 3.1, with the centre sampling of its later versions), batched over images with padded objects.
+
+    A point of stride ``s`` is a positive of object ``g`` if it lies inside ``g``'s box and within
+    ``radius * s`` of the box centre in ``x`` and in ``y``, on every pyramid level (no size range per level:
+    the levels' reach is bounded by the detector's regression instead). A point that is a positive of several
+    objects keeps the one of smallest area (FCOS). Its class target is hard: 1 for its object's class, 0 for
+    every other class and every negative point. Unlike :class:`TaskAlignedAssigner` it never looks at the
+    predictions, so which points learn an object is fixed by geometry alone.
+
+    Args:
+        radius: half the side of the centre region, in strides (FCOS: 1.5).
+    """
+
+    def __init__(self, radius: float = 1.5) -> None:
+        self.radius = radius
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        points: torch.Tensor,
+        strides: torch.Tensor,
+        gt_labels: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        gt_valid: torch.Tensor,
+        num_classes: int,
+    ) -> AlignedTargets:
+        """Assign the objects of each image to anchor points.
+
+        Args:
+            points: the anchor points ``(x, y)`` in pixels.
+            strides: each point's stride in pixels.
+            gt_labels: object classes, padded.
+            gt_boxes: object boxes ``xyxy`` pixels, padded.
+            gt_valid: which objects are real (not padding).
+            num_classes: ``C``.
+
+        Shape:
+            - points ``(A, 2)``, strides ``(A,)``
+            - gt_labels ``(B, G)`` int64, gt_boxes ``(B, G, 4)``, gt_valid ``(B, G)`` bool
+            - Output: :class:`AlignedTargets` with ``(B, A)`` / ``(B, A, 4)`` / ``(B, A, C)`` tensors, scores
+              0 or 1.
+        """
+        b, g = gt_labels.shape
+        a = len(points)
+        if g == 0:
+            return AlignedTargets.none(b, a, num_classes, gt_boxes)
+        x, y = points[:, 0], points[:, 1]
+        x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))  # (B, G, 1) each
+        inside = torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y)) > _EPS
+        reach = self.radius * strides
+        near_centre = ((x - (x1 + x2) / 2).abs() < reach) & ((y - (y1 + y2) / 2).abs() < reach)
+        positive = inside & near_centre & gt_valid[..., None]  # (B, G, A)
+        area = (x2 - x1) * (y2 - y1)
+        foreground = positive.any(1)
+        gt_index = torch.where(positive, area, torch.full_like(area, float("inf"))).argmin(1)
+        labels = gt_labels.gather(1, gt_index)
+        scores = F.one_hot(labels, num_classes).to(gt_boxes.dtype) * foreground[..., None]
+        boxes = gt_boxes.gather(1, gt_index[..., None].expand(b, a, 4))
+        return AlignedTargets(foreground, gt_index, boxes, scores)
