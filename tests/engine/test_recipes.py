@@ -28,6 +28,7 @@ NAMES = [
     "unet",
     "unetplusplus",
     "yolo",
+    "yolo_fast",
     "yolo_grid",
 ]
 
