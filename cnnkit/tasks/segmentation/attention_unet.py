@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from cnnkit.errors import ConfigError
 from cnnkit.models.registry import register_model
-from cnnkit.tasks.segmentation.unet import Upsample
-from cnnkit.tasks.segmentation.unetplusplus import PaddedUpBlock, UNetEncoderBase
+from cnnkit.tasks.segmentation.unet import UpBlock, Upsample
+from cnnkit.tasks.segmentation.unetplusplus import UNetEncoderBase
 
 
 class AttentionGate(nn.Module):
@@ -127,7 +127,7 @@ class AttentionUNet(UNetEncoderBase):
         up, gates = [], {}
         for k, i in enumerate(reversed(range(len(skip) - 1))):
             coarse = skip[i + 1] if k == 0 else widths[i + 1]
-            up.append(PaddedUpBlock(coarse, skip[i], widths[i], scales[i], upsample))
+            up.append(UpBlock(coarse, skip[i], widths[i], scales[i], upsample))
             if skip[i]:
                 gates[str(k)] = AttentionGate(skip[i], coarse, scale=scales[i])
         self.up = nn.ModuleList(up)

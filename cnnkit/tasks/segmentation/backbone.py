@@ -43,7 +43,9 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     Shape:
         - Input: ``(N, C, H, W)``
         - Output: ``(N, C, ceil(H / m) * m, ceil(W / m) * m)``; crop the result back with ``[..., :H, :W]``.
+
+    ``F.pad`` is called even with zero amounts, so that no branch depends on the input size and
+    ``torch.fx`` traces the models that use it for any input size.
     """
     height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+    return F.pad(x, (0, -width % multiple, 0, -height % multiple))

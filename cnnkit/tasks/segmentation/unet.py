@@ -55,20 +55,26 @@ class DoubleConv(nn.Sequential):
 
 
 class UpBlock(nn.Module):
-    """Upsample by ``scale``, concatenate the skip map (if any), then a :class:`DoubleConv`.
+    """Upsample by the integer ``scale``, concatenate the skips of the target size, then a
+    :class:`DoubleConv`: the decoder unit of the U-Net family.
+
+    The input of a U-Net-family model is zero-padded to a multiple of its total stride
+    (:func:`~cnnkit.tasks.segmentation.backbone.pad_to_multiple`), so every map is an exact multiple of the
+    next coarser one and the upsampling never compares sizes (a data-dependent branch ``torch.fx`` cannot
+    trace).
 
     Args:
         in_channels: channels of the coarse map.
-        skip_channels: channels of the skip map (0 for none).
+        skip_channels: total channels of the skips (0 for none).
         out_channels: channels out.
-        scale: integer ratio between the skip's resolution and the coarse map's.
-        upsample: ``"bilinear"`` (interpolate to the skip's size, keeping ``in_channels``) or
-            ``"transposed"`` (``ConvTranspose2d`` with kernel = stride = ``scale`` to ``out_channels``).
+        scale: integer ratio between the skips' resolution and the coarse map's.
+        upsample: ``"bilinear"`` (interpolate by ``scale``, keeping ``in_channels``) or ``"transposed"``
+            (``ConvTranspose2d`` with kernel = stride = ``scale`` to ``out_channels``).
 
     Shape:
-        - Input: ``x (N, in_channels, h, w)``, ``skip (N, skip_channels, H, W)`` or ``None`` with
-          ``size = (H, W)``
-        - Output: ``(N, out_channels, H, W)``
+        - Input: ``x (N, in_channels, h, w)``, ``skips``: maps ``(N, C_k, h * scale, w * scale)`` with
+          ``sum(C_k) = skip_channels``
+        - Output: ``(N, out_channels, h * scale, w * scale)``
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class UpBlock(nn.Module):
         super().__init__()
         if upsample not in ("bilinear", "transposed"):
             raise ConfigError(f"upsample must be 'bilinear' or 'transposed', got {upsample!r}")
+        self.scale = scale
         self.up = (
             nn.ConvTranspose2d(in_channels, out_channels, scale, stride=scale)
             if upsample == "transposed"
@@ -90,13 +97,12 @@ class UpBlock(nn.Module):
         up_channels = out_channels if self.up is not None else in_channels
         self.conv = DoubleConv(up_channels + skip_channels, out_channels)
 
-    def forward(self, x: Tensor, skip: Tensor | None, size: tuple[int, int] | None = None) -> Tensor:
-        size = tuple(skip.shape[-2:]) if skip is not None else size
+    def forward(self, x: Tensor, skips: Sequence[Tensor] = ()) -> Tensor:
         if self.up is not None:
             x = self.up(x)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
+        elif self.scale > 1:
+            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, *skips], dim=1) if skips else x)
 
 
 class UNet(nn.Module):
@@ -144,7 +150,7 @@ class UNet(nn.Module):
             skips.append(down(skips[-1]))
         y = skips.pop()
         for up in self.up:
-            y = up(y, skips.pop())
+            y = up(y, [skips.pop()])
         return self.head(y)[..., :height, :width]
 
 
@@ -272,7 +278,7 @@ class BackboneUNet(nn.Module):
         y = skips.pop()
         coarse = []
         for i, block in enumerate(self.decoder):
-            y = block(y, skips.pop() if skips else None, tuple(padded.shape[-2:]))
+            y = block(y, [skips.pop()] if skips else ())
             if str(i) in self.score_heads:
                 coarse.append(self.score_heads[str(i)](y))
         logits = self.head(y)

@@ -45,53 +45,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnkit.errors import ConfigError, did_you_mean
 from cnnkit.models.registry import register_model
-from cnnkit.tasks.segmentation.backbone import build_backbone
+from cnnkit.tasks.segmentation.backbone import build_backbone, pad_to_multiple
 from cnnkit.tasks.segmentation.unet import DoubleConv, UpBlock, Upsample, decoder_widths
-
-
-class PaddedUpBlock(UpBlock):
-    """An :class:`UpBlock` for maps padded to the total stride: upsample by the integer ``scale``,
-    concatenate any number of skips of the target size, then a :class:`DoubleConv`.
-
-    The input of a U-Net-family model is padded so that every map is an exact multiple of the next
-    coarser one; the upsampling then never compares sizes (a data-dependent branch torch.fx cannot trace).
-
-    Args:
-        in_channels: channels of the coarse map.
-        skip_channels: total channels of the skips (0 for none).
-        out_channels: channels out.
-        scale: integer ratio between the skips' resolution and the coarse map's.
-        upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
-
-    Shape:
-        - Input: ``x (N, in_channels, h, w)``, ``skips``: maps ``(N, C_k, h * scale, w * scale)`` with
-          ``sum(C_k) = skip_channels``
-        - Output: ``(N, out_channels, h * scale, w * scale)``
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        skip_channels: int,
-        out_channels: int,
-        scale: int = 2,
-        upsample: Upsample = "bilinear",
-    ) -> None:
-        super().__init__(in_channels, skip_channels, out_channels, scale, upsample)
-        self.scale = scale
-
-    def forward(self, x: Tensor, skips: Sequence[Tensor] = ()) -> Tensor:  # type: ignore[override]
-        if self.up is not None:
-            x = self.up(x)
-        elif self.scale > 1:
-            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return self.conv(torch.cat([x, *skips], dim=1) if skips else x)
 
 
 @dataclass(frozen=True)
@@ -197,16 +156,12 @@ class UNetEncoderBase(nn.Module):
         self.stride = max(reductions)
 
     def pad(self, x: Tensor) -> Tensor:
-        """Zero-pad the bottom and right of ``x`` to multiples of the total stride.
-
-        The rule of :func:`~cnnkit.tasks.segmentation.backbone.pad_to_multiple`, always calling ``F.pad``
-        (with zero amounts on sizes that are already multiples) so that no branch depends on the size.
+        """``x`` zero-padded to multiples of the total stride (:func:`pad_to_multiple`).
 
         Shape:
             - Input: ``(N, C, H, W)``; Output: ``(N, C, ceil(H / s) * s, ceil(W / s) * s)``
         """
-        height, width = x.shape[-2:]
-        return F.pad(x, (0, -width % self.stride, 0, -height % self.stride))
+        return pad_to_multiple(x, self.stride)
 
     def encode(self, padded: Tensor, rows: int) -> list[Tensor | None]:
         """The encoder maps ``X^{i,0}`` of the first ``rows`` rows (``None`` for a row without one).
@@ -233,7 +188,7 @@ class UNetPlusPlus(UNetEncoderBase):
     """U-Net++ (Zhou et al., 2018): nested dense skip pathways, optional deep supervision and pruning.
 
     ``nodes[f"x{i}_{j}"]`` is the conv block of node ``X^{i,j}`` (see the module docstring): a
-    :class:`PaddedUpBlock` that upsamples ``X^{i+1,j-1}`` and concatenates ``X^{i,0}, ..., X^{i,j-1}``.
+    :class:`UpBlock` that upsamples ``X^{i+1,j-1}`` and concatenates ``X^{i,0}, ..., X^{i,j-1}``.
     ``heads[k - 1]`` is the 1x1 classifier on ``X^{0,k}`` with deep supervision; without it ``heads`` holds
     the one classifier on ``X^{0,L}``.
 
@@ -281,7 +236,7 @@ class UNetPlusPlus(UNetEncoderBase):
         for j in range(1, self.levels + 1):
             for i in range(self.levels + 1 - j):
                 below = skip[i + 1] if j == 1 else widths[i + 1]
-                nodes[f"x{i}_{j}"] = PaddedUpBlock(
+                nodes[f"x{i}_{j}"] = UpBlock(
                     below, skip[i] + (j - 1) * widths[i], widths[i], scales[i], upsample
                 )
         self.nodes = nn.ModuleDict(nodes)

@@ -25,6 +25,9 @@ MODELS = [
     ("unetplusplus", dict(backbone="resnet18", decoder_channels=(8, 8, 16, 16, 32))),
     ("attention_unet", CLASSIC),
     ("attention_unet", dict(backbone="mobilenet_v3_small", score_stages=(3, 2, 1))),
+    # the U-Net itself, with the encoder of the peer benchmark (its padding once branched on the size)
+    ("unet", dict(backbone="resnet18", decoder_channels=(8, 8, 16, 16, 32, 32))),
+    ("unet", dict(base_channels=4, depth=2)),
 ]
 
 
