@@ -94,13 +94,16 @@ def find_fold_pairs(model: nn.Module) -> list[FoldPair]:
     pre-activation) or after anything else stay.
 
     Args:
-        model: any module; traced with :func:`torch.fx.symbolic_trace` (children one by one where the whole
-            does not trace).
+        model: any module; a copy of it is traced with :func:`torch.fx.symbolic_trace` (children one by one
+            where the whole does not trace), so ``model`` is never called on proxies.
 
     Returns:
         The pairs, as dotted paths from ``model``.
     """
-    graphs = _traced_graphs(model, "")
+    # Tracing runs forward on proxies, and a forward that caches a value on its module at the first call
+    # (torchvision's MultiScaleRoIAlign stores its scales) would keep a proxy there and fail at the next
+    # real call: only a throwaway copy is traced. Paths are the same in the copy and in ``model``.
+    graphs = _traced_graphs(copy.deepcopy(model), "")
     modules = {}
     for prefix, graph in graphs:
         for node in graph.nodes:
