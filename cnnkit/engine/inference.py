@@ -107,6 +107,9 @@ class Predictor:
         checkpoint: the checkpoint it was loaded from.
         config: the run's config.
         device: where it runs (default CUDA when available).
+        channels_last: hold the model's 4-d weights in ``torch.channels_last`` and convert each input batch to
+            that layout in :meth:`forward` (oneDNN then runs the convolutions without reordering the
+            activations; see ``docs/deploy.md``). Outputs equal the contiguous ones within float rounding.
     """
 
     def __init__(
@@ -118,9 +121,13 @@ class Predictor:
         checkpoint: pathlib.Path,
         config: TrainConfig,
         device: str | torch.device | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.device = _device(device)
         self.model = model.eval().to(self.device)
+        self.channels_last = channels_last
+        if channels_last:  # in place: the task holds this same module
+            self.model.to(memory_format=torch.channels_last)
         self.task = task
         self.input_size = input_size
         self.channels = channels
@@ -140,6 +147,8 @@ class Predictor:
             - images: ``(B, C, size, size)`` float32 on :attr:`device`
             - Output: the model's, e.g. ``(B, K)`` logits or a list of detection maps
         """
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
     def _read(self, image: ImageLike) -> torch.Tensor:
@@ -421,6 +430,7 @@ class OnnxPredictor(Predictor):
         decoder = build_model(config, classes, spec["channels"]).eval()
         self.device = torch.device("cpu")
         self.model = None
+        self.channels_last = False
         self.task = _task_for(config, decoder, self.metadata)
         self.input_size = spec["size"]
         self.channels = spec["channels"]
@@ -463,9 +473,32 @@ class OnnxPredictor(Predictor):
         return tuple(outputs) if self.structure == "tuple" else outputs
 
 
-def load(path: str | pathlib.Path, device: str | torch.device | None = None) -> Predictor:
+def load(
+    path: str | pathlib.Path,
+    device: str | torch.device | None = None,
+    *,
+    fuse: bool = True,
+    channels_last: bool = True,
+) -> Predictor:
     """A :class:`Predictor` for a run directory, a ``cnnkit train`` checkpoint or an ONNX file exported
     from a run (an :class:`OnnxPredictor`, on the CPU).
+
+    A run or checkpoint is prepared for inference the way detector toolkits do at predict time (ultralytics
+    fuses Conv + BN in ``predict``): with ``fuse`` every BatchNorm that directly follows a convolution or a
+    linear layer is folded into it (:func:`cnnkit.export.fuse`: a copy that keeps the model's class, so its
+    methods and attributes, e.g. a detector's ``postprocess`` or the attention U-Net's
+    ``attention_at_input``, work as before; a model that does not trace as a whole is folded child by
+    child), and with ``channels_last`` the weights and inputs use that memory layout. Outputs equal the
+    unfused, contiguous model's within float rounding. The predictor's :attr:`~Predictor.model` and its
+    task's model are that one prepared module; the run's files are unchanged (``cnnkit export`` reads them
+    itself), and ``load_run_model(path)`` gives the model as trained.
+
+    Args:
+        path: a run directory, a checkpoint or an ``.onnx`` file.
+        device: where a PyTorch model runs (default CUDA when available).
+        fuse: fold BatchNorms into the layers before them (``False``: the model as trained).
+        channels_last: run in ``torch.channels_last`` (``False``: contiguous). Both switches are ignored
+            for an ONNX file (onnxruntime runs the exported graph, folded at export).
 
     Raises:
         DataError: no checkpoint there, one ``cnnkit train`` did not write, or an ONNX file without cnnkit
@@ -475,6 +508,12 @@ def load(path: str | pathlib.Path, device: str | torch.device | None = None) -> 
     if pathlib.Path(path).suffix == ".onnx":
         return OnnxPredictor(path)
     model, meta, config = load_run_model(path)
+    if fuse:
+        # Imported at the call: the engine sits above export in the package layers, and folding is a pure
+        # model transform (cnnkit.export.fuse imports nothing of cnnkit but its errors), so no cycle.
+        from cnnkit.export.fuse import fuse as fold_batchnorms
+
+        model = fold_batchnorms(model)
     spec = meta["input"]
     return Predictor(
         model,
@@ -484,6 +523,7 @@ def load(path: str | pathlib.Path, device: str | torch.device | None = None) -> 
         resolve_checkpoint(path),
         config,
         device,
+        channels_last=channels_last,
     )
 
 
