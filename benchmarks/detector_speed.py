@@ -10,18 +10,47 @@ first ``--images`` of the benchmark's held-out MNIST-Det (128x128, seed 1), deco
 files is left out); ``predict`` letterboxes, normalises, runs the model, decodes, applies NMS at the default
 score threshold (0.25) and maps boxes to the original pixels. A run's figure is its best of ``--rounds``
 passes over the images; the runs are timed in interleaved rounds in one process.
+
+Each run is loaded as ``cnnkit.load`` does by default (BatchNorms folded, channels_last); ``--paths`` adds the
+same run loaded otherwise, timed in the same rounds: ``trained`` (``fuse=False, channels_last=False``: the
+model as trained, what ``load`` ran before folding became the default), ``folded`` (``channels_last=False``)
+and ``torchscript`` (the default model traced at batch 1 and frozen with ``torch.jit.freeze``: not a cnnkit
+path, measured to show what the Python dispatch of the eager model costs). An ``.onnx`` file exported from a
+run (``cnnkit export RUN --format onnx --dynamic-batch``) is timed through onnxruntime, as ``load`` runs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import torch
 
 import cnnkit
 from cnnkit.data import MNISTDetection
 from cnnkit.data.sources import GENERATED_SEEDS
+from cnnkit.engine.inference import Predictor
+
+PATHS = {
+    "default": {},
+    "trained": {"fuse": False, "channels_last": False},
+    "folded": {"channels_last": False},
+    "torchscript": {},
+}
+"""How ``--paths`` loads a run: ``cnnkit.load`` keywords (``torchscript`` then traces the default model)."""
+
+
+def loaded(run: str, path: str) -> Predictor:
+    """``run`` loaded on the CPU as ``path`` (one of :data:`PATHS`) names."""
+    predictor = cnnkit.load(run, device="cpu", **PATHS[path])
+    if path == "torchscript":
+        size, channels = predictor.input_size, predictor.channels
+        example = torch.zeros(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            predictor.model = torch.jit.freeze(torch.jit.trace(predictor.model, example, check_trace=False))
+    return predictor
 
 
 def main() -> None:
@@ -33,27 +62,39 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--paths", nargs="+", default=["default"], choices=list(PATHS), help="how each run is loaded"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = MNISTDetection("val", size=args.images, image_size=128, seed=GENERATED_SEEDS["val"])
     images = [data[i][0] for i in range(len(data))]
-    predictors = {run: cnnkit.load(run, device="cpu") for run in args.runs}
-    best = {(run, b): float("inf") for run in args.runs for b in args.batch}
+    predictors = {
+        (run, path): loaded(run, path)
+        for run in args.runs
+        for path in (["default"] if run.endswith(".onnx") else args.paths)
+    }
+    best = {(key, b): float("inf") for key in predictors for b in args.batch}
     kept = {}
     for _ in range(args.rounds):
         for batch in args.batch:
-            for run, predictor in predictors.items():
+            for key, predictor in predictors.items():
                 predictor.predict(images[:batch], batch_size=batch)  # warm-up at this batch size
                 start = time.perf_counter()
                 results = predictor.predict(images, batch_size=batch)
-                best[run, batch] = min(best[run, batch], time.perf_counter() - start)
-                kept[run] = sum(len(r["detections"]) for r in results) / len(results)
+                best[key, batch] = min(best[key, batch], time.perf_counter() - start)
+                kept[key] = sum(len(r["detections"]) for r in results) / len(results)
     print(f"{len(images)} held-out MNIST-Det images 128x128, {args.threads} thread(s), best of {args.rounds}")
-    print("| run | model | " + " | ".join(f"img/s batch {b}" for b in args.batch) + " | boxes kept / image |")
-    print("| --- | --- |" + " --- |" * len(args.batch) + " --- |")
-    for run, predictor in predictors.items():
-        speeds = " | ".join(f"{len(images) / best[run, b]:.0f}" for b in args.batch)
-        print(f"| {run} | {predictor.config.model} | {speeds} | {kept[run]:.2f} |")
+    header = " | ".join(f"img/s batch {b}" for b in args.batch)
+    print(f"| run | model | backbone | path | {header} | boxes kept / image |")
+    print("| --- | --- | --- | --- |" + " --- |" * len(args.batch) + " --- |")
+    for (run, path), predictor in predictors.items():
+        speeds = " | ".join(f"{len(images) / best[(run, path), b]:.0f}" for b in args.batch)
+        label = "onnxruntime" if run.endswith(".onnx") else path
+        model = predictor.config.model
+        print(
+            f"| {run} | {model} | {predictor.config.backbone} | {label} | {speeds} | {kept[run, path]:.2f} |"
+        )
 
 
 if __name__ == "__main__":
