@@ -12,7 +12,8 @@ Everything but the implementation is shared, in one process:
   and into smp's encoder, which both take torchvision's ResNet keys;
 - decoder widths: smp's defaults (256, 128, 64, 32, 16 from the deepest block to the full-resolution one),
   given to cnnkit as ``decoder_channels=(16, 32, 64, 128, 256, 512)`` (finest row first), so the models
-  have the same widths (parameters within 2%, MACs within 10%, printed);
+  have the same widths (parameters within 2%, MACs within 10%, printed), and the same upsampling
+  (``--upsample``: nearest, smp's default, or bilinear);
 - data: the generated MNIST-Seg at 128x128 (train 4,000, seed 0; held-out val 500, seed 1, as
   ``benchmarks/train_tasks.py``), no augmentation, the same batch order (seeded);
 - loss: cnnkit's cross-entropy + Dice on the logits; optimiser AdamW (lr 1e-3, weight decay 1e-4, constant);
@@ -59,12 +60,18 @@ def encoder_weights() -> dict[str, torch.Tensor]:
     return state
 
 
-def build(name: str, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """``cnnkit:unet``, ``cnnkit:unetplusplus``, ``smp:unet`` or ``smp:unetplusplus`` with the shared encoder."""
+def build(name: str, weights: dict[str, torch.Tensor], upsample: str = "nearest") -> nn.Module:
+    """``cnnkit:unet``, ``cnnkit:unetplusplus``, ``smp:unet`` or ``smp:unetplusplus`` with the shared encoder
+    and the decoder's upsampling mode (``"nearest"``, smp's default, or ``"bilinear"``)."""
     library, model = name.split(":")
     if library == "cnnkit":
         net = cnnkit.create_model(
-            model, backbone="resnet18", in_chans=1, num_classes=NUM_CLASSES, decoder_channels=OURS_DECODER
+            model,
+            backbone="resnet18",
+            in_chans=1,
+            num_classes=NUM_CLASSES,
+            decoder_channels=OURS_DECODER,
+            upsample=upsample,
         )
         net.backbone.load_state_dict(weights)
     else:
@@ -72,7 +79,12 @@ def build(name: str, weights: dict[str, torch.Tensor]) -> nn.Module:
 
         kind = {"unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus}[model]
         net = kind(
-            "resnet18", encoder_weights=None, in_channels=1, classes=NUM_CLASSES, decoder_channels=SMP_DECODER
+            "resnet18",
+            encoder_weights=None,
+            in_channels=1,
+            classes=NUM_CLASSES,
+            decoder_channels=SMP_DECODER,
+            decoder_interpolation=upsample,
         )
         net.encoder.load_state_dict(weights)
     return net.to(memory_format=torch.channels_last)
@@ -120,9 +132,11 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 50) -> tor
     return torch.cat(out)
 
 
-def measure(name: str, data: dict, minutes: float, batch_size: int, weights: dict) -> dict:
+def measure(
+    name: str, data: dict, minutes: float, batch_size: int, weights: dict, upsample: str = "nearest"
+) -> dict:
     """Train and score one model; its figures and held-out predictions."""
-    model = build(name, weights)
+    model = build(name, weights, upsample)
     params = sum(p.numel() for p in model.parameters())
     macs = cnnkit.analyze(model.eval(), input_size=(1, 128, 128)).macs  # train_for sets train mode
     steps = train_for(model, *data["train"], minutes * 60, batch_size)
@@ -180,6 +194,12 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=4000)
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--upsample",
+        choices=["nearest", "bilinear"],
+        default="nearest",
+        help="the decoders' upsampling, the same in all models (smp's default: nearest)",
+    )
     parser.add_argument("--figure", type=pathlib.Path, default=pathlib.Path("segmentation_peers.png"))
     args = parser.parse_args()
     try:
@@ -195,7 +215,7 @@ def main() -> None:
     results = []
     for arch in args.models:
         for library in ("cnnkit", "smp"):
-            result = measure(f"{library}:{arch}", data, args.minutes, args.batch_size, weights)
+            result = measure(f"{library}:{arch}", data, args.minutes, args.batch_size, weights, args.upsample)
             print(
                 f"{result['name']}: {result['steps']} steps, {result['step_s'] * 1000:.0f} ms/step, "
                 f"mIoU {result['miou']:.3f}",

@@ -89,7 +89,7 @@ class AttentionUNet(UNetEncoderBase):
         num_classes: output channels (classes, background included).
         base_channels / depth / backbone / decoder_channels / input_skip / **backbone_kwargs: the encoder
             (see :class:`~cnnkit.tasks.segmentation.unetplusplus.UNetEncoderBase`).
-        upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
+        upsample: ``"bilinear"``, ``"nearest"`` or ``"transposed"`` (see :class:`UpBlock`).
         score_stages: backbone form: ``feature_info`` indices of stages whose decoder map also gets a 1x1
             classifier, upsampled bilinearly and added to the logits (FCN's score fusion, as
             :class:`~cnnkit.tasks.segmentation.unet.BackboneUNet`).

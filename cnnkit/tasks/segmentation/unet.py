@@ -37,7 +37,7 @@ from cnnkit.models.registry import register_model
 from cnnkit.tasks.segmentation.backbone import build_backbone, pad_to_multiple
 from cnnkit.tasks.segmentation.fcn import aux_head, with_aux
 
-Upsample = Literal["bilinear", "transposed"]
+Upsample = Literal["bilinear", "nearest", "transposed"]
 
 
 class DoubleConv(nn.Sequential):
@@ -68,8 +68,9 @@ class UpBlock(nn.Module):
         skip_channels: total channels of the skips (0 for none).
         out_channels: channels out.
         scale: integer ratio between the skips' resolution and the coarse map's.
-        upsample: ``"bilinear"`` (interpolate by ``scale``, keeping ``in_channels``) or ``"transposed"``
-            (``ConvTranspose2d`` with kernel = stride = ``scale`` to ``out_channels``).
+        upsample: ``"bilinear"`` or ``"nearest"`` (interpolate by ``scale``, keeping ``in_channels``;
+            nearest is segmentation_models_pytorch's default and cheaper to train on a CPU) or
+            ``"transposed"`` (``ConvTranspose2d`` with kernel = stride = ``scale`` to ``out_channels``).
 
     Shape:
         - Input: ``x (N, in_channels, h, w)``, ``skips``: maps ``(N, C_k, h * scale, w * scale)`` with
@@ -86,9 +87,9 @@ class UpBlock(nn.Module):
         upsample: Upsample = "bilinear",
     ) -> None:
         super().__init__()
-        if upsample not in ("bilinear", "transposed"):
-            raise ConfigError(f"upsample must be 'bilinear' or 'transposed', got {upsample!r}")
-        self.scale = scale
+        if upsample not in ("bilinear", "nearest", "transposed"):
+            raise ConfigError(f"upsample must be 'bilinear', 'nearest' or 'transposed', got {upsample!r}")
+        self.scale, self.mode = scale, upsample
         self.up = (
             nn.ConvTranspose2d(in_channels, out_channels, scale, stride=scale)
             if upsample == "transposed"
@@ -101,7 +102,8 @@ class UpBlock(nn.Module):
         if self.up is not None:
             x = self.up(x)
         elif self.scale > 1:
-            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+            align = False if self.mode == "bilinear" else None
+            x = F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)
         return self.conv(torch.cat([x, *skips], dim=1) if skips else x)
 
 
@@ -113,7 +115,7 @@ class UNet(nn.Module):
         num_classes: output channels (classes, background included).
         base_channels: channels of the first level; level ``i`` has ``base_channels * 2**i`` (64 in the paper).
         depth: number of poolings (4 in the paper); the total stride is ``2**depth``.
-        upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
+        upsample: ``"bilinear"``, ``"nearest"`` or ``"transposed"`` (see :class:`UpBlock`).
 
     Shape:
         - Input: ``(N, in_chans, H, W)``, any ``H, W >= 1`` (padded internally to a multiple of ``2**depth``)
@@ -199,7 +201,7 @@ class BackboneUNet(nn.Module):
         backbone: registry name of the encoder, e.g. ``"resnet18"``.
         num_classes: output channels.
         in_chans: input image channels.
-        upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
+        upsample: ``"bilinear"``, ``"nearest"`` or ``"transposed"`` (see :class:`UpBlock`).
         decoder_channels: output channels of the block that merges each stage (default: the stage's
             channels), optionally preceded by those of the full-resolution block (see :func:`decoder_widths`).
         input_skip: concatenate the input image in the full-resolution block (when the encoder has none).

@@ -197,7 +197,7 @@ class UNetPlusPlus(UNetEncoderBase):
         num_classes: output channels (classes, background included).
         base_channels / depth / backbone / decoder_channels / input_skip / **backbone_kwargs: the encoder
             (see :class:`UNetEncoderBase`); ``L`` is ``depth`` or the backbone's number of rows minus one.
-        upsample: ``"bilinear"`` or ``"transposed"`` (see :class:`UpBlock`).
+        upsample: ``"bilinear"``, ``"nearest"`` or ``"transposed"`` (see :class:`UpBlock`).
         deep_supervision: a head on every ``X^{0,j}``; training mode returns all their logits.
         prune: in eval mode answer from the head at ``X^{0,prune}`` (``1 <= prune <= L``), computing only
             the nodes it needs; needs ``deep_supervision``. ``None``: the deepest head. It may be changed on a

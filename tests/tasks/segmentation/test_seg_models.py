@@ -11,11 +11,24 @@ from cnnkit.tasks.segmentation import FCN, BackboneUNet, DeepLabV3, UNet
 SIZES = [(33, 47), (1, 1), (16, 16), (21, 8)]
 
 
-@pytest.mark.parametrize("upsample", ["bilinear", "transposed"])
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest", "transposed"])
 def test_unet_logits_at_input_size(upsample):
     model = UNet(in_chans=2, num_classes=3, base_channels=4, depth=3, upsample=upsample).eval()
     for size in SIZES:
         assert model(torch.randn(2, 2, *size)).shape == (2, 3, *size)
+
+
+def test_nearest_upsampling_repeats_each_coarse_value_over_its_cell():
+    from cnnkit.tasks.segmentation.unet import UpBlock
+
+    block = UpBlock(2, 0, 2, scale=2, upsample="nearest")
+    seen = {}
+    block.conv.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    x = torch.arange(8.0).reshape(1, 2, 2, 2)
+    block(x)
+    torch.testing.assert_close(seen["x"], x.repeat_interleave(2, -1).repeat_interleave(2, -2))
+    with pytest.raises(ConfigError, match="'bilinear', 'nearest' or 'transposed', got 'cubic'"):
+        UpBlock(2, 0, 2, upsample="cubic")
 
 
 def test_unet_layout_follows_the_paper():
@@ -184,7 +197,7 @@ def test_create_model_by_name():
     with pytest.raises(ConfigError, match="unknown argument"):
         create_model("fcn", num_classes=2, backbone="resnet18", skipz=1)
     with pytest.raises(ConfigError, match="upsample"):
-        create_model("unet", num_classes=2, upsample="nearest")
+        create_model("unet", num_classes=2, upsample="bicubic")
 
 
 def test_deeplabv3_on_a_dilated_mobilenet_and_clear_errors_for_other_backbones():
