@@ -128,19 +128,22 @@ def chart(rows: list[dict], path: pathlib.Path) -> None:
     for i, (key, label) in enumerate((("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"), ("map75", "mAP@.75"))):
         left.bar([x + (i - 1) * width for x in range(len(rows))], [r[key] for r in rows], width, label=label)
     left.set_xticks(range(len(rows)), names)
-    left.set_ylim(0, 1)
+    left.set_ylim(0, 1.15)  # room above the bars for the legend
+    left.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     left.set_title("held-out MNIST-Det (500 canvases)")
-    left.legend(fontsize=8, loc="lower right")
+    left.legend(fontsize=8, loc="upper center", ncol=3, frameon=False)
     bottom = [0.0] * len(rows)
     for part in ("proposals", "backbone", "heads"):
         values = [max(r["split"][part], 0.0) * 1000 for r in rows]
         right.bar(names, values, bottom=bottom, label=part)
         bottom = [b + v for b, v in zip(bottom, values)]
-    right.set_yscale("log")
-    right.set_ylim(bottom=10)  # an RPN's tens of ms stay visible under the backbone
-    right.set_ylabel("ms per image (log)")
+    # a linear axis: on a log axis the stacked segments' heights would not be proportional to their times
+    for x, total in enumerate(bottom):
+        right.annotate(f"{total:.0f} ms", (x, total), ha="center", va="bottom", fontsize=8)
+    right.set_ylim(0, max(bottom) * 1.12)
+    right.set_ylabel("ms per image")
     right.set_title("inference, one image at a time, 2 CPU cores")
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
