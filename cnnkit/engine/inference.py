@@ -509,9 +509,8 @@ def load(
         return OnnxPredictor(path)
     model, meta, config = load_run_model(path)
     if fuse:
-        # Imported at the call: the engine sits above export in the package layers, and folding is a pure
-        # model transform (cnnkit.export.fuse imports nothing of cnnkit but its errors), so no cycle.
-        from cnnkit.export.fuse import fuse as fold_batchnorms
+        # conv-BN folding is an fx graph transform of the analysis layer, above the engine (export re-exports it)
+        from cnnkit.analysis.fuse import fuse as fold_batchnorms
 
         model = fold_batchnorms(model)
     spec = meta["input"]

@@ -1,5 +1,6 @@
 """Fast inference and export: conv-BatchNorm folding, channels_last, TorchScript and ONNX."""
 
+from cnnkit.analysis.fuse import FoldPair, find_fold_pairs, fold_batchnorm, fuse
 from cnnkit.export.blocks import FoldedConvNeXtBlock, inference_blocks
 from cnnkit.export.formats import (
     RELATIVE_TOLERANCE,
@@ -12,7 +13,6 @@ from cnnkit.export.formats import (
     read_onnx_metadata,
     run_exported,
 )
-from cnnkit.export.fuse import FoldPair, find_fold_pairs, fold_batchnorm, fuse
 from cnnkit.export.optimize import (
     InferenceModel,
     best_call_times,

@@ -1,6 +1,6 @@
 """Inference forms of blocks whose eval-mode function can be computed with fewer passes over memory.
 
-Folding BatchNorms (:mod:`cnnkit.export.fuse`) does nothing for a ConvNeXt: it has no BatchNorm, and on a
+Folding BatchNorms (:mod:`cnnkit.analysis.fuse`) does nothing for a ConvNeXt: it has no BatchNorm, and on a
 CPU most of its time outside the matrix products goes to elementwise passes over the activations (the
 bias copies of ``addmm``, the layer-scale multiply, the residual add, the layout copy in front of the
 LayerNorm). :class:`FoldedConvNeXtBlock` computes the same function as

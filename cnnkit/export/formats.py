@@ -156,8 +156,8 @@ def export_run(
         ConfigError: a model that cannot be exported (:func:`check_exportable`), or one whose outputs are
             all zero on the sample. DataError: no checkpoint of ``cnnkit train`` there.
     """
+    from cnnkit.analysis.fuse import fuse
     from cnnkit.engine.inference import export_metadata, load_run_model, output_structure
-    from cnnkit.export.fuse import fuse
     from cnnkit.models.registry import model_card
 
     model, meta, config = load_run_model(run)

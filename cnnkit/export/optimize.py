@@ -21,8 +21,8 @@ import torch
 import torch.fx
 from torch import nn
 
+from cnnkit.analysis.fuse import fuse
 from cnnkit.export.blocks import INFERENCE_FORMS, inference_blocks
-from cnnkit.export.fuse import fuse
 
 INFERENCE_LEAVES = tuple(INFERENCE_FORMS.values())
 
