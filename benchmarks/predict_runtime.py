@@ -1,8 +1,8 @@
 """``predict`` through PyTorch and through onnxruntime: images/s with pre- and post-processing included.
 
 For one model per task (two classifiers), a run directory is written with randomly initialised weights (the
-time of a forward pass does not depend on the weights' values) and loaded twice: ``cnnkit.load(RUN)`` (the
-PyTorch path, eager under ``torch.no_grad``) and ``cnnkit.load(RUN/model.onnx)`` (the file exported by
+time of a forward pass does not depend on the weights' values) and loaded twice: ``cnnkit.load(RUN, fuse=False,
+channels_last=False)`` (the PyTorch path as trained, eager under ``torch.no_grad``) and ``cnnkit.load(RUN/model.onnx)`` (the file exported by
 ``cnnkit.export.onnx_for_run``, run by onnxruntime with the same task object around it). A third path,
 ``torch-opt``, is the PyTorch predictor with its model replaced by ``optimize_for_inference`` (folded
 BatchNorms, flat graph, layout measured on the benchmark batch). ``--compile`` adds two more:
@@ -109,7 +109,9 @@ def write_run(name: str, root: Path) -> Path:
 def optimized(run: Path, example: torch.Tensor, compile: str | None = None) -> Predictor | None:
     """The run's PyTorch predictor with ``optimize_for_inference(model)``, compiled as ``compile`` names
     (``None``: not compiled; one of ``COMPILED``); ``None`` when optimising or compiling fails."""
-    predictor = cnnkit.load(run, device="cpu")
+    predictor = cnnkit.load(
+        run, device="cpu", fuse=False, channels_last=False
+    )  # optimised from the trained model
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -138,7 +140,8 @@ def optimized(run: Path, example: torch.Tensor, compile: str | None = None) -> P
 def predictors(run: Path, batch: int, compile: bool) -> dict[str, Predictor]:
     """One predictor per path (the run's ONNX file already exported), the optimised model's layout
     measured on a batch of ``batch``."""
-    plain = cnnkit.load(run, device="cpu")
+    # the eager model as trained: cnnkit.load's default already folds BatchNorms and runs channels_last
+    plain = cnnkit.load(run, device="cpu", fuse=False, channels_last=False)
     example = torch.randn(batch, plain.channels, plain.input_size, plain.input_size)
     paths = {"torch": plain, "torch-opt": optimized(run, example)}
     for key in COMPILED if compile else ():
