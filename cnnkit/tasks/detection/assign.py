@@ -59,6 +59,18 @@ class AlignedTargets:
         )
 
 
+def points_inside(points: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+    """Which anchor points lie strictly inside which object boxes (by more than a small epsilon).
+
+    Shape:
+        - points: ``(A, 2)`` pixels ``(x, y)``; gt_boxes: ``(B, G, 4)`` xyxy pixels
+        - Output: ``(B, G, A)`` bool
+    """
+    x, y = points[:, 0], points[:, 1]
+    x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))
+    return torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y)) > _EPS
+
+
 class TaskAlignedAssigner:
     """TOOD's task-aligned assigner (module docs), batched over images with padded objects.
 
@@ -105,11 +117,7 @@ class TaskAlignedAssigner:
         g = gt_boxes.shape[1]
         if g == 0:
             return AlignedTargets.none(b, a, c, scores)
-        # anchor points strictly inside each object's box: (B, G, A)
-        x, y = points[:, 0], points[:, 1]
-        x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))
-        inside = torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y)) > _EPS
-        inside &= gt_valid[..., None]
+        inside = points_inside(points, gt_boxes) & gt_valid[..., None]
         iou = box_iou(
             gt_boxes[:, :, None].expand(b, g, a, 4).reshape(-1, 4),
             pred_boxes[:, None].expand(b, g, a, 4).reshape(-1, 4),
@@ -184,7 +192,7 @@ class CentreAssigner:
             return AlignedTargets.none(b, a, num_classes, gt_boxes)
         x, y = points[:, 0], points[:, 1]
         x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))  # (B, G, 1) each
-        inside = torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y)) > _EPS
+        inside = points_inside(points, gt_boxes)
         reach = self.radius * strides
         near_centre = ((x - (x1 + x2) / 2).abs() < reach) & ((y - (y1 + y2) / 2).abs() < reach)
         positive = inside & near_centre & gt_valid[..., None]  # (B, G, A)
