@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnkit.analysis.fuse import fuse as fold_batchnorms
 from cnnkit.engine.build import build_data, build_model, build_task, eval_loader, phase_configs, task_class
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.engine.config import TrainConfig, config_from_dict
@@ -509,9 +510,6 @@ def load(
         return OnnxPredictor(path)
     model, meta, config = load_run_model(path)
     if fuse:
-        # conv-BN folding is an fx graph transform of the analysis layer, above the engine (export re-exports it)
-        from cnnkit.analysis.fuse import fuse as fold_batchnorms
-
         model = fold_batchnorms(model)
     spec = meta["input"]
     return Predictor(
