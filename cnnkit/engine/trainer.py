@@ -31,6 +31,29 @@ class NonFiniteLossError(CnnkitError):
     """The loss became NaN or infinite; the message names the step."""
 
 
+def to_channels_last(images: torch.Tensor) -> torch.Tensor:
+    """A 4-d batch in ``torch.channels_last`` (NHWC) memory, unambiguously so even with one channel.
+
+    ``Tensor.contiguous(memory_format=torch.channels_last)`` leaves a one-channel batch as it is: with
+    ``C = 1`` the NCHW strides ``(H W, H W, W, 1)`` count as channels_last too. PyTorch's layout propagation
+    reads them as NCHW, though, so ``torch.cat`` of that batch with an NHWC map (a U-Net's input skip) comes
+    out NCHW and the next convolution copies it back to NHWC, forward and backward. The same memory viewed
+    with the NHWC strides ``(H W, 1, W, 1)`` (no copy) keeps every later map NHWC: on a grey MNIST-Seg batch
+    of 16 at 128x128 a ResNet-18 U-Net's training step took 8% less time (``docs/segmentation.md``).
+
+    Shape:
+        - Input: ``(N, C, H, W)`` (other ranks are returned as they are)
+        - Output: the same values, ``(N, C, H, W)`` with NHWC strides
+    """
+    if images.dim() != 4:
+        return images
+    images = images.contiguous(memory_format=torch.channels_last)
+    n, channels, height, width = images.shape
+    if channels == 1:
+        images = images.as_strided(images.shape, (height * width, 1, width, 1))
+    return images
+
+
 class Callback:
     """Base class: override the events you need. ``trainer`` gives access to everything."""
 
@@ -327,8 +350,8 @@ class Trainer:
 
     def _layout(self, images: Any) -> Any:
         """An image batch in the trainer's memory format (other inputs as they are)."""
-        if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
-            return images.contiguous(memory_format=torch.channels_last)
+        if self.channels_last and isinstance(images, torch.Tensor):
+            return to_channels_last(images)
         return images
 
     def _rewind_to_window(self) -> None:

@@ -14,7 +14,7 @@ from cnnkit.engine.checkpoint import load_checkpoint
 from cnnkit.engine.config import load_config
 from cnnkit.engine.optim import build_optimizer
 from cnnkit.engine.run import resume, train
-from cnnkit.engine.trainer import Callback, NonFiniteLossError, Trainer
+from cnnkit.engine.trainer import Callback, NonFiniteLossError, Trainer, to_channels_last
 from cnnkit.tasks.classification import ClassificationTask
 
 SMALL = [
@@ -143,6 +143,20 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
         return model[1].weight.detach()
 
     torch.testing.assert_close(run(16, 2), run(32, 1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_to_channels_last_gives_even_a_grey_batch_nhwc_strides(channels):
+    batch = torch.randn(2, channels, 5, 7)
+    nhwc = to_channels_last(batch)
+    assert torch.equal(nhwc, batch) and nhwc.stride() == (35 * channels, 1, 7 * channels, channels)
+    # so that layout propagation keeps NHWC: concatenating it with an NHWC map (a U-Net's input skip)
+    features = torch.randn(2, 4, 5, 7).contiguous(memory_format=torch.channels_last)
+    merged = torch.cat([features, nhwc], 1)
+    assert merged.is_contiguous(memory_format=torch.channels_last) and not merged.is_contiguous()
+    plain = torch.cat([features, batch.contiguous(memory_format=torch.channels_last)], 1)
+    assert plain.is_contiguous() == (channels == 1)  # what a plain conversion gave a grey batch
+    assert to_channels_last(torch.randn(3, 4)).shape == (3, 4)
 
 
 def test_channels_last_trains_the_same_function_in_nhwc(tmp_path):
