@@ -28,6 +28,7 @@ from cnnkit.analysis.fuse import fuse as fold_batchnorms
 from cnnkit.engine.build import build_data, build_model, build_task, eval_loader, phase_configs, task_class
 from cnnkit.engine.checkpoint import read_metadata
 from cnnkit.engine.config import TrainConfig, config_from_dict
+from cnnkit.engine.trainer import to_channels_last
 from cnnkit.errors import ConfigError, DataError
 from cnnkit.models.registry import list_models
 from cnnkit.tasks.base import ImageInfo, PredictOptions, Task
@@ -148,8 +149,8 @@ class Predictor:
             - images: ``(B, C, size, size)`` float32 on :attr:`device`
             - Output: the model's, e.g. ``(B, K)`` logits or a list of detection maps
         """
-        if self.channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
+        if self.channels_last:
+            images = to_channels_last(images)
         return self.model(images)
 
     def _read(self, image: ImageLike) -> torch.Tensor:
@@ -178,7 +179,7 @@ class Predictor:
             image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
         return _to_channels(image.to(torch.uint8), self.channels)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(
         self,
         images: ImageLike | Sequence[ImageLike],
@@ -190,6 +191,9 @@ class Predictor:
         attention: bool = False,
     ) -> list[dict[str, Any]]:
         """Predict images; the same dicts as ``cnnkit predict --json``.
+
+        Runs under ``torch.inference_mode`` (no autograd bookkeeping at all: at batch 1 a MobileNetV3-Small
+        detector forwarded 1.18x faster than under ``torch.no_grad``, exploratory, one thread).
 
         Args:
             images: one image or a list (paths, PIL images, uint8 arrays or tensors, see :data:`ImageLike`).
@@ -524,7 +528,7 @@ def load(
     )
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     path: str | pathlib.Path | Predictor, data: str | None = None, device: str | torch.device | None = None
 ) -> dict[str, Any]:
