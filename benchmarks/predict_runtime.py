@@ -58,8 +58,8 @@ RUNS = {
     "yolo": {
         "task": "detection",
         "model": "yolo",
-        "backbone": "mobilenet_v3_large",
-        "model_kwargs": {"neck_channels": 64},
+        "backbone": "mobilenet_v3_small",
+        "model_kwargs": {"neck_channels": 64, "head_channels": 48},
         "size": 128,
         "channels": 1,
         "classes": 10,

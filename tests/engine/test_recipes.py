@@ -28,8 +28,8 @@ NAMES = [
     "unet",
     "unetplusplus",
     "yolo",
-    "yolo_fast",
     "yolo_grid",
+    "yolo_large",
 ]
 
 
@@ -44,8 +44,8 @@ def test_every_shipped_recipe_loads_and_resolves():
 
 def test_a_run_naming_a_recipes_model_and_data_starts_from_it():
     config = load_config(None, ["task=detection", "model=yolo", "data=mnist-det"])
-    assert config.recipe == "yolo" and config.backbone == "mobilenet_v3_large" and config.epochs == 7
-    assert config.model_kwargs == {"neck_channels": 64} and config.close_mosaic == 2
+    assert config.recipe == "yolo" and config.backbone == "mobilenet_v3_small" and config.epochs == 12
+    assert config.model_kwargs == {"neck_channels": 64, "head_channels": 48} and config.close_mosaic == 2
     grid = load_config(None, ["task=detection", "model=yolo_grid", "data=mnist-det"])
     assert grid.recipe == "yolo_grid" and grid.epochs == 8 and grid.data.batch_size == 32
     assert grid.model_kwargs == {"fpn_channels": 64, "aspect_ratios": [1.0]}
