@@ -13,11 +13,14 @@ Everything but the implementation is shared, in one process:
 - decoder widths: smp's defaults (256, 128, 64, 32, 16 from the deepest block to the full-resolution one),
   given to cnnkit as ``decoder_channels=(16, 32, 64, 128, 256, 512)`` (finest row first), so the models
   have the same widths (parameters within 2%, MACs within 10%, printed), and the same upsampling
-  (``--upsample``: nearest, smp's default, or bilinear);
+  (``--upsample``: nearest, smp's default, or bilinear); smp's decoders have no full-resolution skip, so
+  cnnkit's models run without their input skip (``--input-skip`` puts it back: the input image concatenated
+  in the full-resolution block, cnnkit's default);
 - data: the generated MNIST-Seg at 128x128 (train 4,000, seed 0; held-out val 500, seed 1, as
   ``benchmarks/train_tasks.py``), no augmentation, the same batch order (seeded);
 - loss: cnnkit's cross-entropy + Dice on the logits; optimiser AdamW (lr 1e-3, weight decay 1e-4, constant);
-  batch 16, NHWC, float32, the torch threads of the machine;
+  batch 16, NHWC (the grey batches given true NHWC strides, as cnnkit's trainer does), float32, the torch
+  threads of the machine;
 - budget: each model trains for ``--minutes`` of wall time (checked after every step), then is scored on the
   whole held-out set with cnnkit's confusion-matrix mIoU (background included).
 
@@ -39,6 +42,7 @@ from torch import nn
 import cnnkit
 from cnnkit.data import MNISTSegmentation
 from cnnkit.data.sources import GENERATED_SEEDS, MNIST_MEAN, MNIST_STD
+from cnnkit.engine.trainer import to_channels_last
 from cnnkit.tasks import plots
 from cnnkit.tasks.segmentation import confusion_matrix, miou
 from cnnkit.tasks.segmentation.losses import cross_entropy, dice_loss
@@ -60,9 +64,12 @@ def encoder_weights() -> dict[str, torch.Tensor]:
     return state
 
 
-def build(name: str, weights: dict[str, torch.Tensor], upsample: str = "nearest") -> nn.Module:
+def build(
+    name: str, weights: dict[str, torch.Tensor], upsample: str = "nearest", input_skip: bool = False
+) -> nn.Module:
     """``cnnkit:unet``, ``cnnkit:unetplusplus``, ``smp:unet`` or ``smp:unetplusplus`` with the shared encoder
-    and the decoder's upsampling mode (``"nearest"``, smp's default, or ``"bilinear"``)."""
+    and the decoder's upsampling mode (``"nearest"``, smp's default, or ``"bilinear"``); ``input_skip`` is
+    cnnkit's full-resolution skip of the input image (smp has none)."""
     library, model = name.split(":")
     if library == "cnnkit":
         net = cnnkit.create_model(
@@ -72,6 +79,7 @@ def build(name: str, weights: dict[str, torch.Tensor], upsample: str = "nearest"
             num_classes=NUM_CLASSES,
             decoder_channels=OURS_DECODER,
             upsample=upsample,
+            input_skip=input_skip,
         )
         net.backbone.load_state_dict(weights)
     else:
@@ -114,7 +122,7 @@ def train_for(
             if len(batch) < batch_size or time.perf_counter() - start >= seconds:
                 continue
             tick = time.perf_counter()
-            x = images[batch].contiguous(memory_format=torch.channels_last)
+            x = to_channels_last(images[batch])
             logits = model(x)
             loss = cross_entropy(logits, masks[batch]) + dice_loss(logits, masks[batch])
             optimizer.zero_grad(set_to_none=True)
@@ -128,15 +136,21 @@ def train_for(
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
     """Class maps ``(N, H, W)`` of a model in eval mode."""
     model.eval()
-    out = [model(x.contiguous(memory_format=torch.channels_last)).argmax(1) for x in images.split(batch_size)]
+    out = [model(to_channels_last(x)).argmax(1) for x in images.split(batch_size)]
     return torch.cat(out)
 
 
 def measure(
-    name: str, data: dict, minutes: float, batch_size: int, weights: dict, upsample: str = "nearest"
+    name: str,
+    data: dict,
+    minutes: float,
+    batch_size: int,
+    weights: dict,
+    upsample: str = "nearest",
+    input_skip: bool = False,
 ) -> dict:
     """Train and score one model; its figures and held-out predictions."""
-    model = build(name, weights, upsample)
+    model = build(name, weights, upsample, input_skip)
     params = sum(p.numel() for p in model.parameters())
     macs = cnnkit.analyze(model.eval(), input_size=(1, 128, 128)).macs  # train_for sets train mode
     steps = train_for(model, *data["train"], minutes * 60, batch_size)
@@ -200,6 +214,9 @@ def main() -> None:
         default="nearest",
         help="the decoders' upsampling, the same in all models (smp's default: nearest)",
     )
+    parser.add_argument(
+        "--input-skip", action="store_true", help="cnnkit's models keep their full-resolution input skip"
+    )
     parser.add_argument("--figure", type=pathlib.Path, default=pathlib.Path("segmentation_peers.png"))
     args = parser.parse_args()
     try:
@@ -215,7 +232,15 @@ def main() -> None:
     results = []
     for arch in args.models:
         for library in ("cnnkit", "smp"):
-            result = measure(f"{library}:{arch}", data, args.minutes, args.batch_size, weights, args.upsample)
+            result = measure(
+                f"{library}:{arch}",
+                data,
+                args.minutes,
+                args.batch_size,
+                weights,
+                args.upsample,
+                args.input_skip,
+            )
             print(
                 f"{result['name']}: {result['steps']} steps, {result['step_s'] * 1000:.0f} ms/step, "
                 f"mIoU {result['miou']:.3f}",
@@ -223,6 +248,7 @@ def main() -> None:
             )
             results.append(result)
     report(results, args.minutes)
+    print(f"upsampling {args.upsample}; cnnkit's input skip {'on' if args.input_skip else 'off, as smp'}")
     figure(results, data, args.figure)
 
 
