@@ -21,8 +21,9 @@ Everything but the implementation is shared, in one process:
 - loss: cnnkit's cross-entropy + Dice on the logits; optimiser AdamW (lr 1e-3, weight decay 1e-4, constant);
   batch 16, NHWC (the grey batches given true NHWC strides, as cnnkit's trainer does), float32, the torch
   threads of the machine;
-- budget: each model trains for ``--minutes`` of wall time (checked after every step), then is scored on the
-  whole held-out set with cnnkit's confusion-matrix mIoU (background included).
+- budget: each model trains for ``--minutes`` of its own step time; the two models of an architecture train
+  in turn, one step each, so that both see the same stretch of the machine (whose speed drifts over hours);
+  then each is scored on the whole held-out set with cnnkit's confusion-matrix mIoU (background included).
 
 It prints, per model, the steps taken, the median training step time, parameters, MACs at 128x128 and the
 held-out mIoU, the ratios ours / smp, and writes a figure of held-out predictions from all models.
@@ -34,6 +35,7 @@ import argparse
 import pathlib
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 import torchvision
@@ -107,19 +109,18 @@ def load_split(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.stack([target["mask"] for _, target in items])
 
 
-def train_for(
-    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, seconds: float, batch_size: int
-) -> list[float]:
-    """Train until ``seconds`` of wall time have passed; the time of every step."""
+def training_steps(
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int
+) -> Iterator[float]:
+    """Train ``model`` one step per ``next()``, yielding each step's time (AdamW; seeded batch order, the
+    same for every model; incomplete last batches skipped)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    steps: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while True:
         order = torch.randperm(len(images), generator=generator)
         for batch in order.split(batch_size):
-            if len(batch) < batch_size or time.perf_counter() - start >= seconds:
+            if len(batch) < batch_size:
                 continue
             tick = time.perf_counter()
             x = to_channels_last(images[batch])
@@ -128,8 +129,25 @@ def train_for(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            steps.append(time.perf_counter() - tick)
-    return steps
+            yield time.perf_counter() - tick
+
+
+def train_in_turn(
+    models: list[nn.Module], images: torch.Tensor, masks: torch.Tensor, seconds: float, batch_size: int
+) -> list[list[float]]:
+    """Train the models one step each in turn until each has spent ``seconds`` in its own steps; the time
+    of every step, per model.
+
+    Alternating puts both models on the same stretch of the machine: its speed drifts by up to 1.4x over
+    hours here, which made two models trained one after the other differ by a few percent for that
+    reason alone."""
+    runners = [training_steps(model, images, masks, batch_size) for model in models]
+    times: list[list[float]] = [[] for _ in models]
+    while any(sum(spent) < seconds for spent in times):
+        for runner, spent in zip(runners, times):
+            if sum(spent) < seconds:
+                spent.append(next(runner))
+    return times
 
 
 @torch.no_grad()
@@ -141,30 +159,36 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 50) -> tor
 
 
 def measure(
-    name: str,
+    names: list[str],
     data: dict,
     minutes: float,
     batch_size: int,
     weights: dict,
     upsample: str = "nearest",
     input_skip: bool = False,
-) -> dict:
-    """Train and score one model; its figures and held-out predictions."""
-    model = build(name, weights, upsample, input_skip)
-    params = sum(p.numel() for p in model.parameters())
-    macs = cnnkit.analyze(model.eval(), input_size=(1, 128, 128)).macs  # train_for sets train mode
-    steps = train_for(model, *data["train"], minutes * 60, batch_size)
-    predicted = predict(model, data["val"][0])
-    matrix = confusion_matrix(predicted, data["val"][1], NUM_CLASSES)
-    return {
-        "name": name,
-        "params": params,
-        "macs": macs,
-        "steps": len(steps),
-        "step_s": statistics.median(steps[3:] or steps),
-        "miou": miou(matrix),
-        "predicted": predicted[:4],
-    }
+) -> list[dict]:
+    """Train the models named (in turn, :func:`train_in_turn`) and score each; their figures and held-out
+    predictions."""
+    models = [build(name, weights, upsample, input_skip) for name in names]
+    # analyze first: training sets train mode
+    macs = [cnnkit.analyze(model.eval(), input_size=(1, 128, 128)).macs for model in models]
+    times = train_in_turn(models, *data["train"], minutes * 60, batch_size)
+    results = []
+    for name, model, model_macs, steps in zip(names, models, macs, times):
+        predicted = predict(model, data["val"][0])
+        matrix = confusion_matrix(predicted, data["val"][1], NUM_CLASSES)
+        results.append(
+            {
+                "name": name,
+                "params": sum(p.numel() for p in model.parameters()),
+                "macs": model_macs,
+                "steps": len(steps),
+                "step_s": statistics.median(steps[3:] or steps),
+                "miou": miou(matrix),
+                "predicted": predicted[:4],
+            }
+        )
+    return results
 
 
 def report(results: list[dict], minutes: float) -> None:
@@ -231,22 +255,15 @@ def main() -> None:
     weights = encoder_weights()
     results = []
     for arch in args.models:
-        for library in ("cnnkit", "smp"):
-            result = measure(
-                f"{library}:{arch}",
-                data,
-                args.minutes,
-                args.batch_size,
-                weights,
-                args.upsample,
-                args.input_skip,
-            )
+        names = [f"{library}:{arch}" for library in ("cnnkit", "smp")]
+        pair = measure(names, data, args.minutes, args.batch_size, weights, args.upsample, args.input_skip)
+        for result in pair:
             print(
                 f"{result['name']}: {result['steps']} steps, {result['step_s'] * 1000:.0f} ms/step, "
                 f"mIoU {result['miou']:.3f}",
                 flush=True,
             )
-            results.append(result)
+        results += pair
     report(results, args.minutes)
     print(f"upsampling {args.upsample}; cnnkit's input skip {'on' if args.input_skip else 'off, as smp'}")
     figure(results, data, args.figure)
