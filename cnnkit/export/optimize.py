@@ -22,6 +22,7 @@ import torch.fx
 from torch import nn
 
 from cnnkit.analysis.fuse import fuse
+from cnnkit.engine.trainer import to_channels_last
 from cnnkit.export.blocks import INFERENCE_FORMS, inference_blocks
 
 INFERENCE_LEAVES = tuple(INFERENCE_FORMS.values())
@@ -85,8 +86,8 @@ class InferenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            if self.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            if self.channels_last:
+                x = to_channels_last(x)
             return self.model(x)
 
 
