@@ -2,7 +2,8 @@
 the held-out MNIST-Det canvases (issue #23's inference target: >= 100 at batch 1 and >= 230 at batch 32 on
 one thread, the peer's 95 / 229 on the same machine type).
 
-    python benchmarks/detector_speed.py RUN [RUN ...] [--batch 1 32] [--threads 1] [--images 320] [--rounds 3]
+    python benchmarks/detector_speed.py RUN [RUN ...] [--baseline GRID_RUN] [--batch 1 32] [--threads 1]
+        [--images 320] [--rounds 3]
 
 Each run is a trained run directory (e.g. kept by ``python benchmarks/train_tasks.py yolo --keep DIR``), so
 post-processing sees the boxes a trained model keeps (random weights keep almost none). The images are the
@@ -17,6 +18,12 @@ model as trained, what ``load`` ran before folding became the default), ``folded
 and ``torchscript`` (the default model traced at batch 1 and frozen with ``torch.jit.freeze``: not a cnnkit
 path, measured to show what the Python dispatch of the eager model costs). An ``.onnx`` file exported from a
 run (``cnnkit export RUN --format onnx --dynamic-batch``) is timed through onnxruntime, as ``load`` runs it.
+
+The issue's figures were measured on another machine type, so an absolute img/s here says little about them.
+``--baseline`` times the run the issue measured beside the peer, a trained ``yolo_grid`` run (the grid YOLO,
+then the ``yolo`` recipe), as the issue measured it (``fuse=False, channels_last=False``: ``load`` did not fold
+then), in the same rounds, and prints every run's speed as a ratio over it next to the issue's ratios: the
+peer's (95 / 87 at batch 1, 229 / 139 at batch 32) and the target's (100 / 87, 230 / 139).
 """
 
 from __future__ import annotations
@@ -40,6 +47,14 @@ PATHS = {
 }
 """How ``--paths`` loads a run: ``cnnkit.load`` keywords (``torchscript`` then traces the default model)."""
 
+ISSUE_FIGURES = {
+    "grid yolo (baseline)": {1: 87, 32: 139},
+    "peer YOLOv8n": {1: 95, 32: 229},
+    "target": {1: 100, 32: 230},
+}
+"""Issue #23's img/s at batch 1 and 32 on one thread, all measured on one machine type: the ``yolo_grid`` run
+(then the ``yolo`` recipe, loaded as trained), the peer and the target."""
+
 
 def loaded(run: str, path: str) -> Predictor:
     """``run`` loaded on the CPU as ``path`` (one of :data:`PATHS`) names."""
@@ -58,6 +73,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", help="trained detection run directories")
+    parser.add_argument(
+        "--baseline", help="a trained yolo_grid run, timed as trained, that the speeds are divided by"
+    )
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--images", type=int, default=320)
@@ -74,6 +92,8 @@ def main() -> None:
         for run in args.runs
         for path in (["default"] if run.endswith(".onnx") else args.paths)
     }
+    if args.baseline:
+        predictors[args.baseline, "trained"] = loaded(args.baseline, "trained")
     best = {(key, b): float("inf") for key in predictors for b in args.batch}
     kept = {}
     for _ in range(args.rounds):
@@ -95,6 +115,32 @@ def main() -> None:
         print(
             f"| {run} | {model} | {predictor.config.backbone} | {label} | {speeds} | {kept[run, path]:.2f} |"
         )
+    if args.baseline:
+        print_ratios(predictors, best, args.batch, (args.baseline, "trained"))
+
+
+def print_ratios(
+    predictors: dict[tuple[str, str], Predictor],
+    best: dict[tuple[tuple[str, str], int], float],
+    batches: list[int],
+    baseline: tuple[str, str],
+) -> None:
+    """Each run's img/s over the baseline's, measured in the same rounds, under the issue's own ratios."""
+    issue_batches = [b for b in batches if b in ISSUE_FIGURES["target"]]
+    header = " | ".join(f"x baseline, batch {b}" for b in issue_batches)
+    print(f"\nSpeed over the baseline {baseline[0]} (as trained), measured in the same rounds")
+    print(f"| run | path | {header} |")
+    print("| --- | --- |" + " ---: |" * len(issue_batches))
+    for name, figures in ISSUE_FIGURES.items():
+        base = ISSUE_FIGURES["grid yolo (baseline)"]
+        ratios = " | ".join(f"{figures[b] / base[b]:.2f}" for b in issue_batches)
+        print(f"| issue #23: {name} | (issue's machine) | {ratios} |")
+    for key in predictors:
+        if key == baseline:
+            continue
+        ratios = " | ".join(f"{best[baseline, b] / best[key, b]:.2f}" for b in issue_batches)
+        label = "onnxruntime" if key[0].endswith(".onnx") else key[1]
+        print(f"| {key[0]} | {label} | {ratios} |")
 
 
 if __name__ == "__main__":
