@@ -3,12 +3,13 @@
 Run (segmentation_models_pytorch, MIT, is installed only for this script; cnnkit never imports it):
 
     pip install segmentation-models-pytorch
-    python benchmarks/segmentation_peers.py [--minutes M] [--models unet unetplusplus] [--figure PATH]
+    python benchmarks/segmentation_peers.py [--minutes M] [--models unet unetplusplus] [--seeds K]
+        [--figure PATH]
 
 Everything but the implementation is shared, in one process:
 
 - encoder: ResNet-18 for all four models, with the same initial weights: one torchvision ``resnet18``
-  state_dict (seed 0, its first conv summed over RGB for the 1-channel images) loaded into cnnkit's backbone
+  state_dict (seeded, its first conv summed over RGB for the 1-channel images) loaded into cnnkit's backbone
   and into smp's encoder, which both take torchvision's ResNet keys;
 - decoder widths: smp's defaults (256, 128, 64, 32, 16 from the deepest block to the full-resolution one),
   given to cnnkit as ``decoder_channels=(16, 32, 64, 128, 256, 512)`` (finest row first), so the models
@@ -23,7 +24,11 @@ Everything but the implementation is shared, in one process:
   threads of the machine;
 - budget: each model trains for ``--minutes`` of its own step time; the two models of an architecture train
   in turn, one step each, so that both see the same stretch of the machine (whose speed drifts over hours);
-  then each is scored on the whole held-out set with cnnkit's confusion-matrix mIoU (background included).
+  then each is scored on the whole held-out set with cnnkit's confusion-matrix mIoU (background included);
+- seeds: ``--seeds K`` trains each library's model K times, with seeds 0 .. K-1, all 2K in turn. A seed sets
+  the encoder's initial weights (shared by the two libraries at that seed), the decoder's initialisation
+  and the batch order. At these budgets one seed is not enough to compare mIoU: the decoder's seed alone
+  moved our U-Net's mIoU after 5 minutes from 0.101 to 0.173 (docs/benchmarks.md).
 
 It prints, per model, the steps taken, the median training step time, parameters, MACs at 128x128 and the
 held-out mIoU, the ratios ours / smp, and writes a figure of held-out predictions from all models.
@@ -57,9 +62,9 @@ OURS_DECODER = (16, 32, 64, 128, 256, 512)
 stage has no decoder block of its own, so its entry is not used)."""
 
 
-def encoder_weights() -> dict[str, torch.Tensor]:
-    """One randomly initialised torchvision ResNet-18 (seed 0) as a 1-channel encoder state_dict."""
-    torch.manual_seed(0)
+def encoder_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    """One randomly initialised torchvision ResNet-18 (``seed``) as a 1-channel encoder state_dict."""
+    torch.manual_seed(seed)
     state = torchvision.models.resnet18(weights=None).state_dict()
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     state["conv1.weight"] = state["conv1.weight"].sum(1, keepdim=True)
@@ -110,12 +115,12 @@ def load_split(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def training_steps(
-    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int, seed: int = 0
 ) -> Iterator[float]:
-    """Train ``model`` one step per ``next()``, yielding each step's time (AdamW; seeded batch order, the
-    same for every model; incomplete last batches skipped)."""
+    """Train ``model`` one step per ``next()``, yielding each step's time (AdamW; the batch order of
+    ``seed``; incomplete last batches skipped)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     model.train()
     while True:
         order = torch.randperm(len(images), generator=generator)
@@ -133,15 +138,21 @@ def training_steps(
 
 
 def train_in_turn(
-    models: list[nn.Module], images: torch.Tensor, masks: torch.Tensor, seconds: float, batch_size: int
+    models: list[nn.Module],
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    seconds: float,
+    batch_size: int,
+    seeds: list[int] | None = None,
 ) -> list[list[float]]:
     """Train the models one step each in turn until each has spent ``seconds`` in its own steps; the time
     of every step, per model.
 
     Alternating puts both models on the same stretch of the machine: its speed drifts by up to 1.4x over
     hours here, which made two models trained one after the other differ by a few percent for that
-    reason alone."""
-    runners = [training_steps(model, images, masks, batch_size) for model in models]
+    reason alone. ``seeds`` gives each model's batch order (default 0 for all)."""
+    seeds = seeds or [0] * len(models)
+    runners = [training_steps(model, images, masks, batch_size, seed) for model, seed in zip(models, seeds)]
     times: list[list[float]] = [[] for _ in models]
     while any(sum(spent) < seconds for spent in times):
         for runner, spent in zip(runners, times):
@@ -163,23 +174,28 @@ def measure(
     data: dict,
     minutes: float,
     batch_size: int,
-    weights: dict,
+    seeds: list[int],
     upsample: str = "nearest",
     input_skip: bool = False,
 ) -> list[dict]:
-    """Train the models named (in turn, :func:`train_in_turn`) and score each; their figures and held-out
-    predictions."""
-    models = [build(name, weights, upsample, input_skip) for name in names]
+    """Train the models named, once per seed (all in turn, :func:`train_in_turn`), and score each; their
+    figures and held-out predictions, seed by seed."""
+    runs = [(name, seed) for seed in seeds for name in names]
+    models = []
+    for name, seed in runs:
+        weights = encoder_weights(seed)  # also seeds the decoder's initialisation that follows
+        models.append(build(name, weights, upsample, input_skip))
     # analyze first: training sets train mode
     macs = [cnnkit.analyze(model.eval(), input_size=(1, 128, 128)).macs for model in models]
-    times = train_in_turn(models, *data["train"], minutes * 60, batch_size)
+    times = train_in_turn(models, *data["train"], minutes * 60, batch_size, [seed for _, seed in runs])
     results = []
-    for name, model, model_macs, steps in zip(names, models, macs, times):
+    for (name, seed), model, model_macs, steps in zip(runs, models, macs, times):
         predicted = predict(model, data["val"][0])
         matrix = confusion_matrix(predicted, data["val"][1], NUM_CLASSES)
         results.append(
             {
                 "name": name,
+                "seed": seed,
                 "params": sum(p.numel() for p in model.parameters()),
                 "macs": model_macs,
                 "steps": len(steps),
@@ -194,25 +210,39 @@ def measure(
 def report(results: list[dict], minutes: float) -> None:
     """The table of every model, then ours / smp per architecture."""
     print(f"\n{minutes:g} min of training each, batch 16, 128x128, {torch.get_num_threads()} threads")
-    print("| model | params | MACs | steps | step (median) | held-out mIoU |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | seed | params | MACs | steps | step (median) | held-out mIoU |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         print(
-            f"| {r['name']} | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e9:.2f} G | {r['steps']} | "
-            f"{r['step_s'] * 1000:.0f} ms | {r['miou']:.3f} |"
+            f"| {r['name']} | {r['seed']} | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e9:.2f} G | "
+            f"{r['steps']} | {r['step_s'] * 1000:.0f} ms | {r['miou']:.3f} |"
         )
-    by_name = {r["name"]: r for r in results}
     for arch in sorted({r["name"].split(":")[1] for r in results}):
-        ours, theirs = by_name.get(f"cnnkit:{arch}"), by_name.get(f"smp:{arch}")
+        ours = [r for r in results if r["name"] == f"cnnkit:{arch}"]
+        theirs = [r for r in results if r["name"] == f"smp:{arch}"]
         if ours and theirs:
+            step = statistics.median(r["step_s"] for r in ours) / statistics.median(
+                r["step_s"] for r in theirs
+            )
             print(
-                f"{arch}: step time ours / smp {ours['step_s'] / theirs['step_s']:.2f}x, "
-                f"mIoU ours - smp {ours['miou'] - theirs['miou']:+.3f}"
+                f"{arch}: step time ours / smp {step:.2f}x (medians over seeds), "
+                f"mIoU ours {spread([r['miou'] for r in ours])}, smp {spread([r['miou'] for r in theirs])}"
             )
 
 
+def spread(values: list[float]) -> str:
+    """``mean +- sample standard deviation (min-max, n)`` of a few figures; one figure as it is."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return (
+        f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f} "
+        f"({min(values):.3f}-{max(values):.3f}, n={len(values)})"
+    )
+
+
 def figure(results: list[dict], data: dict, path: pathlib.Path) -> None:
-    """Four held-out images: the true mask, then each model's prediction, overlaid."""
+    """Four held-out images: the true mask, then each model's prediction (the first seed's), overlaid."""
+    results = [r for r in results if r["seed"] == results[0]["seed"]]
     images = data["val_raw"][:4]
     panels: list[torch.Tensor] = []
     for i, image in enumerate(images):
@@ -233,6 +263,9 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
+        "--seeds", type=int, default=1, help="runs of each model, seeds 0 .. K-1, all trained in turn"
+    )
+    parser.add_argument(
         "--upsample",
         choices=["nearest", "bilinear"],
         default="nearest",
@@ -252,18 +285,18 @@ def main() -> None:
     data = {"train": load_split("train", args.train_size), "val": load_split("val", args.val_size)}
     raw = MNISTSegmentation("val", size=4, image_size=128, seed=GENERATED_SEEDS["val"])
     data["val_raw"] = [raw[i][0] for i in range(4)]
-    weights = encoder_weights()
     results = []
+    seeds = list(range(args.seeds))
     for arch in args.models:
         names = [f"{library}:{arch}" for library in ("cnnkit", "smp")]
-        pair = measure(names, data, args.minutes, args.batch_size, weights, args.upsample, args.input_skip)
-        for result in pair:
+        runs = measure(names, data, args.minutes, args.batch_size, seeds, args.upsample, args.input_skip)
+        for result in runs:
             print(
-                f"{result['name']}: {result['steps']} steps, {result['step_s'] * 1000:.0f} ms/step, "
-                f"mIoU {result['miou']:.3f}",
+                f"{result['name']} seed {result['seed']}: {result['steps']} steps, "
+                f"{result['step_s'] * 1000:.0f} ms/step, mIoU {result['miou']:.3f}",
                 flush=True,
             )
-        results += pair
+        results += runs
     report(results, args.minutes)
     print(f"upsampling {args.upsample}; cnnkit's input skip {'on' if args.input_skip else 'off, as smp'}")
     figure(results, data, args.figure)
