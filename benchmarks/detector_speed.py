@@ -131,8 +131,8 @@ def print_ratios(
     print(f"\nSpeed over the baseline {baseline[0]} (as trained), measured in the same rounds")
     print(f"| run | path | {header} |")
     print("| --- | --- |" + " ---: |" * len(issue_batches))
+    base = ISSUE_FIGURES["grid yolo (baseline)"]
     for name, figures in ISSUE_FIGURES.items():
-        base = ISSUE_FIGURES["grid yolo (baseline)"]
         ratios = " | ".join(f"{figures[b] / base[b]:.2f}" for b in issue_batches)
         print(f"| issue #23: {name} | (issue's machine) | {ratios} |")
     for key in predictors:
