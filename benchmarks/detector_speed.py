@@ -56,6 +56,11 @@ ISSUE_FIGURES = {
 (then the ``yolo`` recipe, loaded as trained), the peer and the target."""
 
 
+def path_label(run: str, path: str) -> str:
+    """How a timed run is named in the tables: its ``--paths`` entry, or onnxruntime for an ``.onnx`` file."""
+    return "onnxruntime" if run.endswith(".onnx") else path
+
+
 def loaded(run: str, path: str) -> Predictor:
     """``run`` loaded on the CPU as ``path`` (one of :data:`PATHS`) names."""
     predictor = cnnkit.load(run, device="cpu", **PATHS[path])
@@ -110,8 +115,7 @@ def main() -> None:
     print("| --- | --- | --- | --- |" + " --- |" * len(args.batch) + " --- |")
     for (run, path), predictor in predictors.items():
         speeds = " | ".join(f"{len(images) / best[(run, path), b]:.0f}" for b in args.batch)
-        label = "onnxruntime" if run.endswith(".onnx") else path
-        model = predictor.config.model
+        model, label = predictor.config.model, path_label(run, path)
         print(
             f"| {run} | {model} | {predictor.config.backbone} | {label} | {speeds} | {kept[run, path]:.2f} |"
         )
@@ -139,8 +143,7 @@ def print_ratios(
         if key == baseline:
             continue
         ratios = " | ".join(f"{best[baseline, b] / best[key, b]:.2f}" for b in issue_batches)
-        label = "onnxruntime" if key[0].endswith(".onnx") else key[1]
-        print(f"| {key[0]} | {label} | {ratios} |")
+        print(f"| {key[0]} | {path_label(*key)} | {ratios} |")
 
 
 if __name__ == "__main__":
