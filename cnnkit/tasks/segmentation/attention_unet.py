@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from cnnkit.errors import ConfigError
 from cnnkit.models.registry import register_model
-from cnnkit.tasks.segmentation.unet import UpBlock, Upsample
+from cnnkit.tasks.segmentation.unet import UpBlock, Upsample, he_init
 from cnnkit.tasks.segmentation.unetplusplus import UNetEncoderBase
 
 
@@ -151,6 +151,7 @@ class AttentionUNet(UNetEncoderBase):
         self.num_classes = num_classes
         self.attention_maps: list[Tensor] = []
         self._input_size = (0, 0)
+        he_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from cnnkit.errors import ConfigError, did_you_mean
 from cnnkit.models.registry import register_model
 from cnnkit.tasks.segmentation.backbone import build_backbone, pad_to_multiple
-from cnnkit.tasks.segmentation.unet import DoubleConv, UpBlock, Upsample, decoder_widths
+from cnnkit.tasks.segmentation.unet import DoubleConv, UpBlock, Upsample, decoder_widths, he_init
 
 
 @dataclass(frozen=True)
@@ -245,6 +245,7 @@ class UNetPlusPlus(UNetEncoderBase):
         self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(count))
         self.num_classes = num_classes
         self.prune = prune
+        he_init(self)
 
     @property
     def prune(self) -> int | None:

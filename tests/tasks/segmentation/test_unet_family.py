@@ -17,6 +17,7 @@ from cnnkit.export import check_export, export_onnx, fuse
 from cnnkit.geometry import conv_params
 from cnnkit.tasks import create_model
 from cnnkit.tasks.segmentation import AttentionGate, AttentionUNet, UNet, UNetPlusPlus
+from cnnkit.tasks.segmentation.unet import he_init
 
 CLASSIC = dict(base_channels=4, depth=3)
 MODELS = [
@@ -47,6 +48,32 @@ def test_logits_at_the_input_size_for_odd_sizes(name, options):
     model = create_model(name, num_classes=3, in_chans=2, **options).eval()
     for size in [(37, 45), (1, 1), (16, 16), (21, 8)]:
         assert model(torch.randn(2, 2, *size)).shape == (2, 3, *size)
+
+
+@pytest.mark.parametrize(("name", "options"), MODELS)
+def test_own_convolutions_start_at_the_papers_he_variance_and_the_backbone_keeps_its_init(name, options):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, in_chans=2, **options)
+    backbone = getattr(model, "backbone", None)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()} if backbone is not None else {}
+    convs = [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and not n.startswith("backbone") and m.weight.numel() >= 2000
+    ]
+    assert convs
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        # U-Net paper, section 3: std sqrt(2 / N), N the incoming nodes (PyTorch's default: sqrt(1 / (3 N)))
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.15)
+        if conv.bias is not None:
+            assert not conv.bias.any()
+    # drawing again re-draws the model's own layers and leaves the encoder classifier's initialisation alone
+    own = convs[0].weight.clone()
+    he_init(model)
+    assert not torch.equal(own, convs[0].weight)
+    if backbone is not None:
+        assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
 
 
 @pytest.mark.parametrize("name", ["unetplusplus", "attention_unet"])
