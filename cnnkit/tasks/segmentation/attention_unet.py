@@ -135,16 +135,7 @@ class AttentionUNet(UNetEncoderBase):
         self.head = nn.Conv2d(widths[0], num_classes, 1)
         self.score_heads = nn.ModuleDict()
         self.score_scales: dict[str, int] = {}
-        if score_stages and backbone is None:
-            raise ConfigError("score_stages index a backbone's stages: give backbone= or leave it out")
-        stages = len(self.feature_info) if backbone is not None else 0
-        for stage in score_stages:
-            if not -stages <= stage < stages or stage % stages == stages - 1:
-                raise ConfigError(
-                    f"score_stages must index stages the decoder merges (0 to {stages - 2}, or {-stages} to "
-                    f"-2), got {stage}"
-                )
-            row = stage % stages + int(self.full_resolution_row)
+        for row in self.score_rows(score_stages):
             key = str(len(skip) - 2 - row)
             self.score_heads[key] = nn.Conv2d(widths[row], num_classes, 1)
             self.score_scales[key] = self.rows.reduction(row)

@@ -216,6 +216,29 @@ def decoder_widths(
     return top, widths
 
 
+def score_stage_indices(score_stages: Sequence[int], stages: int) -> list[int]:
+    """The ``feature_info`` indices (made non-negative) of the stages whose decoder maps get a 1x1 classifier
+    in FCN's score fusion (Long et al., 2015): any stage the decoder merges, that is every stage but the
+    deepest.
+
+    Args:
+        score_stages: indices into the backbone's ``stages`` stages, negative ones counting from the last.
+        stages: the backbone's number of stages.
+
+    Raises:
+        ConfigError: an index outside the stages, or the deepest stage.
+    """
+    indices = []
+    for stage in score_stages:
+        if not -stages <= stage < stages or stage % stages == stages - 1:
+            raise ConfigError(
+                f"score_stages must index stages the decoder merges (0 to {stages - 2}, or {-stages} to -2), "
+                f"got {stage}"
+            )
+        indices.append(stage % stages)
+    return indices
+
+
 class BackboneUNet(nn.Module):
     """A U-Net whose encoder is a registered classifier: every stage map is a skip for the decoder.
 
@@ -289,13 +312,7 @@ class BackboneUNet(nn.Module):
         self.head = nn.Conv2d(width, num_classes, 1)
         # FCN's score fusion: 1x1 classifiers on decoder maps, keyed by the index of the block that makes them
         self.score_heads = nn.ModuleDict()
-        for stage in score_stages:
-            if not -len(info) <= stage < len(info) or stage % len(info) == len(info) - 1:
-                raise ConfigError(
-                    f"score_stages must index stages the decoder merges (0 to {len(info) - 2}, or "
-                    f"{-len(info)} to -2), got {stage}"
-                )
-            stage %= len(info)
+        for stage in score_stage_indices(score_stages, len(info)):
             self.score_heads[str(len(info) - 2 - stage)] = nn.Conv2d(decoder_channels[stage], num_classes, 1)
         self.aux_stage, self.aux_classifier = (
             aux_head(info, aux_stage, num_classes) if aux_loss else (None, None)

@@ -45,12 +45,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnkit.errors import ConfigError, did_you_mean
 from cnnkit.models.registry import register_model
 from cnnkit.tasks.segmentation.backbone import build_backbone, pad_to_multiple
-from cnnkit.tasks.segmentation.unet import DoubleConv, UpBlock, Upsample, decoder_widths, he_init
+from cnnkit.tasks.segmentation.unet import (
+    DoubleConv,
+    UpBlock,
+    Upsample,
+    decoder_widths,
+    he_init,
+    score_stage_indices,
+)
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,19 @@ class UNetEncoderBase(nn.Module):
         """
         return pad_to_multiple(x, self.stride)
 
+    def score_rows(self, score_stages: Sequence[int]) -> list[int]:
+        """The rows of the backbone stages ``score_stages`` (``feature_info`` indices; see
+        :func:`~cnnkit.tasks.segmentation.unet.score_stage_indices`), for FCN's score fusion.
+
+        Raises:
+            ConfigError: ``score_stages`` in the classic form (they index a backbone's stages), or a stage the
+                decoder does not merge.
+        """
+        if score_stages and self.backbone is None:
+            raise ConfigError("score_stages index a backbone's stages: give backbone= or leave it out")
+        stages = len(self.feature_info) if self.backbone is not None else 0
+        return [stage + int(self.full_resolution_row) for stage in score_stage_indices(score_stages, stages)]
+
     def encode(self, padded: Tensor, rows: int) -> list[Tensor | None]:
         """The encoder maps ``X^{i,0}`` of the first ``rows`` rows (``None`` for a row without one).
 
@@ -202,6 +223,12 @@ class UNetPlusPlus(UNetEncoderBase):
         prune: in eval mode answer from the head at ``X^{0,prune}`` (``1 <= prune <= L``), computing only
             the nodes it needs; needs ``deep_supervision``. ``None``: the deepest head. It may be changed on a
             built model (``model.prune = 2``): the weights do not depend on it.
+        score_stages: backbone form: ``feature_info`` indices of stages whose row's last node ``X^{r,L-r}``
+            (the decoder map of the plain U-Net path) also gets a 1x1 classifier, upsampled bilinearly and
+            added to the deepest head's logits (FCN's score fusion, as
+            :class:`~cnnkit.tasks.segmentation.unet.BackboneUNet`): the class of a region reaches the output
+            from a coarse map instead of only through the full-resolution row. A pruned model (``prune < L``)
+            answers from its head alone.
 
     Shape:
         - Input: ``(N, in_chans, H, W)``, any ``H, W >= 1`` (padded internally to a multiple of the stride)
@@ -209,8 +236,9 @@ class UNetPlusPlus(UNetEncoderBase):
           ``L`` of them (heads at ``X^{0,1}``, ..., ``X^{0,L}``)
 
     Raises:
-        ConfigError: a ``prune`` level out of range or without ``deep_supervision``, or an encoder option
-            error (see :class:`UNetEncoderBase`).
+        ConfigError: a ``prune`` level out of range or without ``deep_supervision``, ``score_stages`` in the
+            classic form or naming a stage the decoder does not merge, or an encoder option error (see
+            :class:`UNetEncoderBase`).
     """
 
     def __init__(
@@ -225,6 +253,7 @@ class UNetPlusPlus(UNetEncoderBase):
         backbone: str | None = None,
         decoder_channels: Sequence[int] | None = None,
         input_skip: bool = True,
+        score_stages: Sequence[int] = (),
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -243,6 +272,10 @@ class UNetPlusPlus(UNetEncoderBase):
         self.deep_supervision = bool(deep_supervision)
         count = self.levels if self.deep_supervision else 1
         self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(count))
+        # FCN's score fusion on the deepest head: a 1x1 classifier on the last node X^{r,L-r} of row r
+        self.score_heads = nn.ModuleDict(
+            {str(row): nn.Conv2d(widths[row], num_classes, 1) for row in self.score_rows(score_stages)}
+        )
         self.num_classes = num_classes
         self.prune = prune
         he_init(self)
@@ -265,20 +298,36 @@ class UNetPlusPlus(UNetEncoderBase):
                 )
         self._prune = level
 
-    def top_row(self, padded: Tensor, levels: int) -> list[Tensor]:
-        """The full-resolution nodes ``X^{0,1}, ..., X^{0,levels}``, computing only the nodes with
-        ``i + j <= levels`` (eq. 1 of the paper, column by column).
+    def grid(self, padded: Tensor, levels: int) -> dict[tuple[int, int], Tensor | None]:
+        """The nodes ``X^{i,j}`` with ``i + j <= levels`` (eq. 1 of the paper, column by column), by ``(i, j)``;
+        ``X^{i,0}`` are the encoder maps (``None`` for a row without one).
 
         Shape:
             - Input: ``(N, in_chans, H, W)`` padded to the stride
-            - Output: ``levels`` maps ``(N, widths[0], H, W)``
+            - Output: ``X^{i,j}`` of shape ``(N, widths[i], H / r_i, W / r_i)`` for ``j >= 1``
         """
         grid = {(i, 0): x for i, x in enumerate(self.encode(padded, levels + 1))}
         for j in range(1, levels + 1):
             for i in range(levels + 1 - j):
                 same_row = [grid[i, k] for k in range(j) if grid[i, k] is not None]
                 grid[i, j] = self.nodes[f"x{i}_{j}"](grid[i + 1, j - 1], same_row)
-        return [grid[0, j] for j in range(1, levels + 1)]
+        return grid
+
+    def fused(self, logits: Tensor, grid: dict[tuple[int, int], Tensor | None]) -> Tensor:
+        """The deepest head's logits plus the score heads' maps, each from the last node ``X^{r,L-r}`` of its
+        row and upsampled bilinearly by the row's reduction (FCN's score fusion).
+
+        Shape:
+            - Input: ``logits (N, num_classes, H, W)`` of the padded input; ``grid`` of the whole network
+            - Output: ``(N, num_classes, H, W)``
+        """
+        for key, head in self.score_heads.items():
+            row = int(key)
+            scores = head(grid[row, self.levels - row])
+            logits = logits + F.interpolate(
+                scores, scale_factor=self.rows.reduction(row), mode="bilinear", align_corners=False
+            )
+        return logits
 
     def forward_heads(self, x: Tensor) -> list[Tensor]:
         """The logits of every deep-supervision head, at ``X^{0,1}``, ..., ``X^{0,L}``, in any mode.
@@ -292,17 +341,22 @@ class UNetPlusPlus(UNetEncoderBase):
         if not self.deep_supervision:
             raise ConfigError("forward_heads needs deep_supervision=True (a head on every X^{0,j})")
         height, width = x.shape[-2:]
-        nodes = self.top_row(self.pad(x), self.levels)
-        return [head(node)[..., :height, :width] for head, node in zip(self.heads, nodes)]
+        grid = self.grid(self.pad(x), self.levels)
+        logits = [head(grid[0, j]) for j, head in enumerate(self.heads, start=1)]
+        logits[-1] = self.fused(logits[-1], grid)
+        return [out[..., :height, :width] for out in logits]
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         if self.training and self.deep_supervision:
             return self.forward_heads(x)
         level = self.levels if self.training or self.prune is None else self.prune
         height, width = x.shape[-2:]
-        node = self.top_row(self.pad(x), level)[-1]
+        grid = self.grid(self.pad(x), level)
         head = self.heads[level - 1] if self.deep_supervision else self.heads[0]
-        return head(node)[..., :height, :width]
+        logits = head(grid[0, level])
+        if level == self.levels:
+            logits = self.fused(logits, grid)
+        return logits[..., :height, :width]
 
 
 @register_model(

@@ -23,7 +23,7 @@ CLASSIC = dict(base_channels=4, depth=3)
 MODELS = [
     ("unetplusplus", CLASSIC),
     ("unetplusplus", dict(CLASSIC, deep_supervision=True, prune=2, upsample="transposed")),
-    ("unetplusplus", dict(backbone="resnet18", decoder_channels=(8, 8, 16, 16, 32))),
+    ("unetplusplus", dict(backbone="resnet18", decoder_channels=(8, 8, 16, 16, 32), score_stages=(3, 1))),
     ("attention_unet", CLASSIC),
     ("attention_unet", dict(backbone="mobilenet_v3_small", score_stages=(3, 2, 1))),
     # the U-Net itself, with the encoder of the peer benchmark (its padding once branched on the size)
@@ -201,6 +201,40 @@ def test_pruning_a_backbone_unetplusplus_skips_decoder_nodes():
     assert called == {"x0_1", "x1_1", "x0_2"}
 
 
+def test_unetplusplus_score_stages_add_row_scores_to_the_deepest_head_only():
+    """score_stages=(2, 1) on MobileNetV3-Small (rows 3 and 2 below the full-resolution row): 1x1 scores of
+    each row's last node X^{r,L-r}, upsampled bilinearly by the row's reduction and added to the deepest
+    head's logits (FCN's score fusion); a pruned head answers alone."""
+    torch.manual_seed(0)
+    model = UNetPlusPlus(
+        in_chans=1, num_classes=3, backbone="mobilenet_v3_small", deep_supervision=True, score_stages=(2, 1)
+    ).eval()
+    levels = model.levels
+    assert sorted(model.score_heads) == ["2", "3"]
+    assert [model.rows.reduction(r) for r in (2, 3)] == [4, 8]
+    x = torch.randn(1, 1, 45, 38)
+    padded = model.pad(x)
+    grid = model.grid(padded, levels)
+    expected = model.heads[-1](grid[0, levels])
+    for row in (2, 3):
+        scores = model.score_heads[str(row)](grid[row, levels - row])
+        assert scores.shape[-2:] == tuple(n // model.rows.reduction(row) for n in padded.shape[-2:])
+        expected = expected + F.interpolate(
+            scores, size=padded.shape[-2:], mode="bilinear", align_corners=False
+        )
+    fused = model(x)
+    torch.testing.assert_close(fused, expected[..., :45, :38])
+    heads = model.forward_heads(x)
+    torch.testing.assert_close(heads[-1], fused)
+    model.prune = levels - 1
+    torch.testing.assert_close(model(x), model.heads[-2](grid[0, levels - 1])[..., :45, :38])
+    model.prune = levels
+    torch.testing.assert_close(model(x), fused)
+    outputs = model.train()(torch.randn(2, 1, 32, 32))
+    sum(o.sum() for o in outputs).backward()
+    assert all(head.weight.grad.abs().sum() > 0 for head in model.score_heads.values())
+
+
 def test_pruning_skips_the_deeper_nodes_and_encoder_rows():
     model = UNetPlusPlus(in_chans=1, num_classes=2, base_channels=4, depth=3, deep_supervision=True, prune=1)
     calls = {}
@@ -362,6 +396,10 @@ def test_builders_check_their_options():
         create_model("attention_unet", score_stages=(1,))
     with pytest.raises(ConfigError, match="score_stages must index"):
         create_model("attention_unet", backbone="resnet18", score_stages=(4,))
+    with pytest.raises(ConfigError, match="score_stages index a backbone"):
+        create_model("unetplusplus", score_stages=(1,))
+    with pytest.raises(ConfigError, match=r"score_stages must index .*got -1"):
+        create_model("unetplusplus", backbone="resnet18", score_stages=(-1,))
     with pytest.raises(ConfigError, match="decoder_channels needs one entry per backbone stage"):
         create_model("unetplusplus", backbone="resnet18", decoder_channels=(8, 8))
     assert {"unetplusplus", "attention_unet"} <= set(cnnkit.list_models(task="segmentation"))
