@@ -263,10 +263,15 @@ def phase_configs(config: TrainConfig) -> list[TrainConfig]:
 
 
 def build_trainer(
-    config: TrainConfig, run_dir: pathlib.Path, dist: DistributedContext | None, callbacks: list[Callback]
+    config: TrainConfig,
+    run_dir: pathlib.Path,
+    dist: DistributedContext | None,
+    callbacks: list[Callback],
+    data: RunData | None = None,
 ) -> Trainer:
-    """Model, task, loaders, optimizer, schedule, phases and callbacks of a run, as a :class:`Trainer`."""
-    data = build_data(config)
+    """Model, task, loaders, optimizer, schedule, phases and callbacks of a run, as a :class:`Trainer`
+    (``data``: the run's :func:`build_data`, when the caller has built it already)."""
+    data = data if data is not None else build_data(config)
     model = build_model(config, data.classes, data.in_chans, config.weights)
     set_bn_momentum(model, config)
     groups = param_groups(config, model)

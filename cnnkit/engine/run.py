@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from cnnkit.engine.build import build_trainer
+from cnnkit.engine.build import build_data, build_model, build_trainer
 from cnnkit.engine.callbacks import CheckpointCallback
 from cnnkit.engine.checkpoint import load_checkpoint
 from cnnkit.engine.config import TrainConfig, apply_overrides, load_config, resolve, save_config
@@ -103,13 +103,19 @@ def train(
         if dist is not None and dist.world_size > 1:
             # Every rank must agree on the directory: rank 0 decides, the others take its choice.
             run_dir = _broadcast_path(run_dir, dist)
+    data = None
     if config.pretrain and config.weights is None:
+        # Build the run's data and model once before pretraining, so that a bad dataset or model option
+        # stops the run now, not after the minutes of pretraining (building the data does not draw from
+        # the random generators, and the model is built again, seeded, below).
+        data = build_data(config)
+        build_model(config, data.classes, data.in_chans)
         config = _pretrain(config, run_dir / "pretrain", callbacks)
     seed_everything(config.seed + (dist.rank if dist else 0))
     if dist is None or dist.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
-    trainer = build_trainer(config, run_dir, dist, list(callbacks or []))
+    trainer = build_trainer(config, run_dir, dist, list(callbacks or []), data)
     if resume_from is not None:
         model_state, training_state, meta = load_checkpoint(run_dir / "last.safetensors")
         trainer._unwrapped().load_state_dict(model_state)

@@ -148,3 +148,17 @@ def test_pretraining_runs_first_and_hands_its_weights_on(tmp_path):
     assert pretrained.is_file() and (run.dir / "pretrain" / "metrics.csv").is_file()
     saved = yaml.safe_load((run.dir / "config.yaml").read_text())
     assert saved["weights"] == str(pretrained)
+
+
+def test_a_bad_model_option_stops_the_run_before_pretraining(tmp_path):
+    # The model is built once before the pretraining step, so its error comes in seconds, not minutes.
+    with pytest.raises(ConfigError, match="score_stages"):
+        cnnkit.train(
+            recipe="unet",
+            model_kwargs={"score_stages": [9]},
+            data={"train_size": 16, "val_size": 8},
+            progress=False,
+            plots=False,
+            output_dir=str(tmp_path / "run"),
+        )
+    assert not (tmp_path / "run" / "pretrain").exists()
