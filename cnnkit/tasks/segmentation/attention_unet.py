@@ -133,12 +133,13 @@ class AttentionUNet(UNetEncoderBase):
         self.up = nn.ModuleList(up)
         self.gates = nn.ModuleDict(gates)
         self.head = nn.Conv2d(widths[0], num_classes, 1)
-        self.score_heads = nn.ModuleDict()
-        self.score_scales: dict[str, int] = {}
-        for row in self.score_rows(score_stages):
-            key = str(len(skip) - 2 - row)
-            self.score_heads[key] = nn.Conv2d(widths[row], num_classes, 1)
-            self.score_scales[key] = self.rows.reduction(row)
+        # keyed by the decoder step ``k`` that ends on the row (row ``len(skip) - 2 - k``)
+        self.score_heads = nn.ModuleDict(
+            {
+                str(len(skip) - 2 - row): nn.Conv2d(widths[row], num_classes, 1)
+                for row in self.score_rows(score_stages)
+            }
+        )
         self.num_classes = num_classes
         self.attention_maps: list[Tensor] = []
         self._input_size = (0, 0)
@@ -156,7 +157,7 @@ class AttentionUNet(UNetEncoderBase):
                 alphas.append(alpha)
             y = block(y, [] if skip is None else [skip])
             if str(k) in self.score_heads:
-                scale = self.score_scales[str(k)]
+                scale = self.rows.reduction(len(self.up) - 1 - k)
                 scores.append(
                     F.interpolate(
                         self.score_heads[str(k)](y), scale_factor=scale, mode="bilinear", align_corners=False
