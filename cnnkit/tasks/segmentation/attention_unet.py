@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from cnnkit.errors import ConfigError
 from cnnkit.models.registry import register_model
-from cnnkit.tasks.segmentation.unet import UpBlock, Upsample, he_init
+from cnnkit.tasks.segmentation.unet import Init, UpBlock, Upsample, init_weights
 from cnnkit.tasks.segmentation.unetplusplus import UNetEncoderBase
 
 
@@ -93,6 +93,8 @@ class AttentionUNet(UNetEncoderBase):
         score_stages: backbone form: ``feature_info`` indices of stages whose decoder map also gets a 1x1
             classifier, upsampled bilinearly and added to the logits (FCN's score fusion, as
             :class:`~cnnkit.tasks.segmentation.unet.BackboneUNet`).
+        init: initialisation of the layers outside the backbone, ``"he"`` or ``"pytorch"`` (see
+            :func:`~cnnkit.tasks.segmentation.unet.init_weights`).
 
     Attributes:
         attention_maps: the coefficients of the latest forward pass, detached, deepest gate first; each
@@ -118,6 +120,7 @@ class AttentionUNet(UNetEncoderBase):
         decoder_channels: Sequence[int] | None = None,
         input_skip: bool = True,
         score_stages: Sequence[int] = (),
+        init: Init = "pytorch",
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -143,7 +146,7 @@ class AttentionUNet(UNetEncoderBase):
         self.num_classes = num_classes
         self.attention_maps: list[Tensor] = []
         self._input_size = (0, 0)
-        he_init(self)
+        init_weights(self, init)
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]

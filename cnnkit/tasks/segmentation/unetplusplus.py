@@ -53,10 +53,11 @@ from cnnkit.models.registry import register_model
 from cnnkit.tasks.segmentation.backbone import build_backbone, pad_to_multiple
 from cnnkit.tasks.segmentation.unet import (
     DoubleConv,
+    Init,
     UpBlock,
     Upsample,
     decoder_widths,
-    he_init,
+    init_weights,
     score_stage_indices,
 )
 
@@ -229,6 +230,8 @@ class UNetPlusPlus(UNetEncoderBase):
             :class:`~cnnkit.tasks.segmentation.unet.BackboneUNet`): the class of a region reaches the output
             from a coarse map instead of only through the full-resolution row. A pruned model (``prune < L``)
             answers from its head alone.
+        init: initialisation of the layers outside the backbone, ``"he"`` or ``"pytorch"`` (see
+            :func:`~cnnkit.tasks.segmentation.unet.init_weights`).
 
     Shape:
         - Input: ``(N, in_chans, H, W)``, any ``H, W >= 1`` (padded internally to a multiple of the stride)
@@ -254,6 +257,7 @@ class UNetPlusPlus(UNetEncoderBase):
         decoder_channels: Sequence[int] | None = None,
         input_skip: bool = True,
         score_stages: Sequence[int] = (),
+        init: Init = "pytorch",
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -278,7 +282,7 @@ class UNetPlusPlus(UNetEncoderBase):
         )
         self.num_classes = num_classes
         self.prune = prune
-        he_init(self)
+        init_weights(self, init)
 
     @property
     def prune(self) -> int | None:

@@ -53,7 +53,7 @@ def test_logits_at_the_input_size_for_odd_sizes(name, options):
 @pytest.mark.parametrize(("name", "options"), MODELS)
 def test_own_convolutions_start_at_the_papers_he_variance_and_the_backbone_keeps_its_init(name, options):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=3, in_chans=2, **options)
+    model = create_model(name, num_classes=3, in_chans=2, init="he", **options)
     backbone = getattr(model, "backbone", None)
     before = {k: v.clone() for k, v in backbone.state_dict().items()} if backbone is not None else {}
     convs = [
@@ -74,6 +74,25 @@ def test_own_convolutions_start_at_the_papers_he_variance_and_the_backbone_keeps
     assert not torch.equal(own, convs[0].weight)
     if backbone is not None:
         assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+
+
+@pytest.mark.parametrize(("name", "options"), MODELS)
+def test_by_default_the_layers_keep_pytorchs_init_and_an_unknown_init_is_named(name, options):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, in_chans=2, **options)  # init="pytorch"
+    convs = [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and not n.startswith("backbone") and m.weight.numel() >= 2000
+    ]
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        # PyTorch's default: U(-1/sqrt(N), 1/sqrt(N)), std sqrt(1 / (3 N)), 0.41x the paper's
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(1 / (3 * fan_in)), rel=0.15)
+        if conv.bias is not None:
+            assert conv.bias.any()
+    with pytest.raises(ConfigError, match="init must be one of 'he', 'pytorch', got 'kaiming'"):
+        create_model(name, num_classes=3, in_chans=2, init="kaiming", **options)
 
 
 @pytest.mark.parametrize("name", ["unetplusplus", "attention_unet"])
