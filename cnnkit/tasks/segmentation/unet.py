@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from cnnkit.tasks.segmentation.fcn import aux_head, with_aux
 
 Upsample = Literal["bilinear", "nearest", "transposed"]
 Init = Literal["he", "pytorch"]
-INITS = ("he", "pytorch")
+INITS: tuple[str, ...] = get_args(Init)
 
 
 class DoubleConv(nn.Sequential):
