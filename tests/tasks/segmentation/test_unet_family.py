@@ -50,17 +50,22 @@ def test_logits_at_the_input_size_for_odd_sizes(name, options):
         assert model(torch.randn(2, 2, *size)).shape == (2, 3, *size)
 
 
+def own_convs(model: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    """The model's convolutions outside its backbone, large enough for their weights' std to be measured."""
+    return [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and not n.startswith("backbone") and m.weight.numel() >= 2000
+    ]
+
+
 @pytest.mark.parametrize(("name", "options"), MODELS)
 def test_own_convolutions_start_at_the_papers_he_variance_and_the_backbone_keeps_its_init(name, options):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, in_chans=2, init="he", **options)
     backbone = getattr(model, "backbone", None)
     before = {k: v.clone() for k, v in backbone.state_dict().items()} if backbone is not None else {}
-    convs = [
-        m
-        for n, m in model.named_modules()
-        if isinstance(m, torch.nn.Conv2d) and not n.startswith("backbone") and m.weight.numel() >= 2000
-    ]
+    convs = own_convs(model)
     assert convs
     for conv in convs:
         fan_in = conv.weight[0].numel()
@@ -80,11 +85,8 @@ def test_own_convolutions_start_at_the_papers_he_variance_and_the_backbone_keeps
 def test_by_default_the_layers_keep_pytorchs_init_and_an_unknown_init_is_named(name, options):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, in_chans=2, **options)  # init="pytorch"
-    convs = [
-        m
-        for n, m in model.named_modules()
-        if isinstance(m, torch.nn.Conv2d) and not n.startswith("backbone") and m.weight.numel() >= 2000
-    ]
+    convs = own_convs(model)
+    assert convs
     for conv in convs:
         fan_in = conv.weight[0].numel()
         # PyTorch's default: U(-1/sqrt(N), 1/sqrt(N)), std sqrt(1 / (3 N)), 0.41x the paper's
