@@ -3,8 +3,8 @@
 Run (segmentation_models_pytorch, MIT, is installed only for this script; cnnkit never imports it):
 
     pip install segmentation-models-pytorch
-    python benchmarks/segmentation_peers.py [--minutes M] [--models unet unetplusplus] [--seeds K]
-        [--figure PATH]
+    python benchmarks/segmentation_peers.py [--minutes M | --steps N] [--models unet unetplusplus]
+        [--seeds K] [--head-kernel 3] [--init he] [--same-init] [--figure PATH]
 
 Everything but the implementation is shared, in one process:
 
@@ -28,7 +28,15 @@ Everything but the implementation is shared, in one process:
 - seeds: ``--seeds K`` trains each library's model K times, with seeds 0 .. K-1, all 2K in turn. A seed sets
   the encoder's initial weights (shared by the two libraries at that seed), the decoder's initialisation
   and the batch order. At these budgets one seed is not enough to compare mIoU: the decoder's seed alone
-  moved our U-Net's mIoU after 5 minutes from 0.101 to 0.173 (docs/benchmarks.md).
+  moved our U-Net's mIoU after 5 minutes from 0.101 to 0.173 (docs/benchmarks.md);
+- cnnkit's defaults, or smp's: the U-Net paper ends in a 1x1 classifier and cnnkit keeps PyTorch's default
+  initialisation; smp's head is 3x3 and its decoder Kaiming-initialised. ``--head-kernel 3`` and ``--init
+  he`` give cnnkit's models smp's head and the same initial variance. ``--same-init`` (U-Net only; implies
+  ``--head-kernel 3``) goes further: cnnkit's decoder and head start from smp's own initial weights, copied
+  layer by layer, after checking that the two models then compute the same logits. The two are then one
+  function from one starting point, and what is left to compare is the implementation: step time, and the
+  mIoU that floating-point order alone can move. ``--steps N`` trains each model N steps instead of a wall
+  time, so that both see the same batches.
 
 It prints, per model, the steps taken, the median training step time, parameters, MACs at 128x128 and the
 held-out mIoU, the ratios ours / smp, and writes a figure of held-out predictions from all models.
@@ -72,11 +80,17 @@ def encoder_weights(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def build(
-    name: str, weights: dict[str, torch.Tensor], upsample: str = "nearest", input_skip: bool = False
+    name: str,
+    weights: dict[str, torch.Tensor],
+    upsample: str = "nearest",
+    input_skip: bool = False,
+    head_kernel: int = 1,
+    init: str = "pytorch",
 ) -> nn.Module:
     """``cnnkit:unet``, ``cnnkit:unetplusplus``, ``smp:unet`` or ``smp:unetplusplus`` with the shared encoder
     and the decoder's upsampling mode (``"nearest"``, smp's default, or ``"bilinear"``); ``input_skip`` is
-    cnnkit's full-resolution skip of the input image (smp has none)."""
+    cnnkit's full-resolution skip of the input image (smp has none), ``head_kernel`` and ``init`` cnnkit's
+    options of those names."""
     library, model = name.split(":")
     if library == "cnnkit":
         net = cnnkit.create_model(
@@ -87,6 +101,8 @@ def build(
             decoder_channels=OURS_DECODER,
             upsample=upsample,
             input_skip=input_skip,
+            head_kernel=head_kernel,
+            init=init,
         )
         net.backbone.load_state_dict(weights)
     else:
@@ -103,6 +119,40 @@ def build(
         )
         net.encoder.load_state_dict(weights)
     return net.to(memory_format=torch.channels_last)
+
+
+def copy_initial_weights(ours: nn.Module, theirs: nn.Module) -> float:
+    """Load smp's U-Net decoder and head into cnnkit's (layer by layer: the two list the same layers in the
+    same order) and return the largest difference of their logits on a random batch, in eval and in train
+    mode (a different function would show here, not after training).
+
+    Raises:
+        SystemExit: the two decoders' layers do not pair up (another architecture or head kernel).
+    """
+    source = [*theirs.decoder.state_dict().values(), *theirs.segmentation_head[0].state_dict().values()]
+    target = {
+        f"{part}.{k}": v
+        for part in ("decoder", "head")
+        for k, v in ours.get_submodule(part).state_dict().items()
+    }
+    if [v.shape for v in source] != [v.shape for v in target.values()]:
+        raise SystemExit(
+            "--same-init: the decoders do not pair up layer by layer (it needs the U-Net, head 3x3)"
+        )
+    state = ours.state_dict()
+    state.update({key: value.clone() for key, value in zip(target, source)})
+    ours.load_state_dict(state)
+    saved = [{k: v.clone() for k, v in model.state_dict().items()} for model in (ours, theirs)]
+    generator = torch.Generator().manual_seed(0)
+    x = to_channels_last(torch.randn(4, 1, 128, 128, generator=generator))
+    gap = 0.0
+    with torch.no_grad():
+        for mode in (False, True):
+            ours.train(mode), theirs.train(mode)
+            gap = max(gap, (ours(x) - theirs(x)).abs().max().item())
+    for model, state in zip((ours, theirs), saved):  # undo the BatchNorm statistics train mode updated
+        model.load_state_dict(state)
+    return gap
 
 
 def load_split(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,9 +194,10 @@ def train_in_turn(
     seconds: float,
     batch_size: int,
     seeds: list[int] | None = None,
+    steps: int | None = None,
 ) -> list[list[float]]:
-    """Train the models one step each in turn until each has spent ``seconds`` in its own steps; the time
-    of every step, per model.
+    """Train the models one step each in turn until each has spent ``seconds`` in its own steps (or, given
+    ``steps``, made that many); the time of every step, per model.
 
     Alternating puts both models on the same stretch of the machine: its speed drifts by up to 1.4x over
     hours here, which made two models trained one after the other differ by a few percent for that
@@ -154,9 +205,13 @@ def train_in_turn(
     seeds = seeds or [0] * len(models)
     runners = [training_steps(model, images, masks, batch_size, seed) for model, seed in zip(models, seeds)]
     times: list[list[float]] = [[] for _ in models]
-    while any(sum(spent) < seconds for spent in times):
+
+    def more(spent: list[float]) -> bool:
+        return len(spent) < steps if steps is not None else sum(spent) < seconds
+
+    while any(more(spent) for spent in times):
         for runner, spent in zip(runners, times):
-            if sum(spent) < seconds:
+            if more(spent):
                 spent.append(next(runner))
     return times
 
@@ -177,17 +232,35 @@ def measure(
     seeds: list[int],
     upsample: str = "nearest",
     input_skip: bool = False,
+    head_kernel: int = 1,
+    init: str = "pytorch",
+    same_init: bool = False,
+    steps: int | None = None,
 ) -> list[dict]:
     """Train the models named, once per seed (all in turn, :func:`train_in_turn`), and score each; their
-    figures and held-out predictions, seed by seed."""
+    figures and held-out predictions, seed by seed. ``same_init``: each seed's cnnkit model starts from
+    the smp model's weights (:func:`copy_initial_weights`)."""
     runs = [(name, seed) for seed in seeds for name in names]
     models = []
     for name, seed in runs:
         weights = encoder_weights(seed)  # also seeds the decoder's initialisation that follows
-        models.append(build(name, weights, upsample, input_skip))
+        models.append(build(name, weights, upsample, input_skip, head_kernel, init))
+    if same_init:
+        for (name, seed), model, smp_model in zip(runs[::2], models[::2], models[1::2]):
+            gap = copy_initial_weights(model, smp_model)
+            print(f"seed {seed}: {name} starts from smp's weights; max |logits difference| {gap:.2e}")
+            if gap > 1e-4:
+                raise SystemExit(f"--same-init: the two models compute different functions (gap {gap:.2e})")
     # analyze first: training sets train mode
     macs = [cnnkit.analyze(model.eval(), input_size=(1, 128, 128)).macs for model in models]
-    times = train_in_turn(models, *data["train"], minutes * 60, batch_size, [seed for _, seed in runs])
+    times = train_in_turn(models, *data["train"], minutes * 60, batch_size, [seed for _, seed in runs], steps)
+    if same_init:
+        for (_, seed), model, smp_model in zip(runs[::2], models[::2], models[1::2]):
+            drift = max(
+                (a - b).abs().max().item()
+                for a, b in zip(model.backbone.parameters(), smp_model.encoder.parameters())
+            )
+            print(f"seed {seed}: after training, max |encoder weight difference| {drift:.2e}")
     results = []
     for (name, seed), model, model_macs, steps in zip(runs, models, macs, times):
         predicted = predict(model, data["val"][0])
@@ -207,9 +280,9 @@ def measure(
     return results
 
 
-def report(results: list[dict], minutes: float) -> None:
+def report(results: list[dict], budget: str) -> None:
     """The table of every model, then ours / smp per architecture."""
-    print(f"\n{minutes:g} min of training each, batch 16, 128x128, {torch.get_num_threads()} threads")
+    print(f"\n{budget} of training each, batch 16, 128x128, {torch.get_num_threads()} threads")
     print("| model | seed | params | MACs | steps | step (median) | held-out mIoU |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
@@ -258,6 +331,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--minutes", type=float, default=4.0, help="training wall time per model")
+    parser.add_argument("--steps", type=int, help="train each model this many steps instead of --minutes")
     parser.add_argument("--models", nargs="+", default=["unet", "unetplusplus"])
     parser.add_argument("--train-size", type=int, default=4000)
     parser.add_argument("--val-size", type=int, default=500)
@@ -274,8 +348,23 @@ def main() -> None:
     parser.add_argument(
         "--input-skip", action="store_true", help="cnnkit's models keep their full-resolution input skip"
     )
+    parser.add_argument(
+        "--head-kernel", type=int, default=1, help="cnnkit's final classifier: 1 (its default) or 3 (smp's)"
+    )
+    parser.add_argument(
+        "--init", choices=["pytorch", "he"], default="pytorch", help="cnnkit's decoder initialisation"
+    )
+    parser.add_argument(
+        "--same-init",
+        action="store_true",
+        help="U-Net only: cnnkit's decoder and head start from smp's initial weights (head 3x3)",
+    )
     parser.add_argument("--figure", type=pathlib.Path, default=pathlib.Path("segmentation_peers.png"))
     args = parser.parse_args()
+    if args.same_init:
+        if set(args.models) != {"unet"}:
+            parser.error("--same-init pairs the U-Nets' layers only: use it with --models unet")
+        args.head_kernel = 3
     try:
         import segmentation_models_pytorch  # noqa: F401
     except ImportError:
@@ -289,7 +378,19 @@ def main() -> None:
     seeds = list(range(args.seeds))
     for arch in args.models:
         names = [f"{library}:{arch}" for library in ("cnnkit", "smp")]
-        runs = measure(names, data, args.minutes, args.batch_size, seeds, args.upsample, args.input_skip)
+        runs = measure(
+            names,
+            data,
+            args.minutes,
+            args.batch_size,
+            seeds,
+            args.upsample,
+            args.input_skip,
+            args.head_kernel,
+            args.init,
+            args.same_init,
+            args.steps,
+        )
         for result in runs:
             print(
                 f"{result['name']} seed {result['seed']}: {result['steps']} steps, "
@@ -297,8 +398,12 @@ def main() -> None:
                 flush=True,
             )
         results += runs
-    report(results, args.minutes)
-    print(f"upsampling {args.upsample}; cnnkit's input skip {'on' if args.input_skip else 'off, as smp'}")
+    report(results, f"{args.steps} steps" if args.steps else f"{args.minutes:g} min")
+    print(
+        f"upsampling {args.upsample}; cnnkit's input skip {'on' if args.input_skip else 'off, as smp'}; "
+        f"cnnkit's head {args.head_kernel}x{args.head_kernel}, init {args.init}"
+        + ("; cnnkit's decoder and head from smp's initial weights" if args.same_init else "")
+    )
     figure(results, data, args.figure)
 
 

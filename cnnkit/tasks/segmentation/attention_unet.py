@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from cnnkit.errors import ConfigError
 from cnnkit.models.registry import register_model
-from cnnkit.tasks.segmentation.unet import Init, UpBlock, Upsample, init_weights
+from cnnkit.tasks.segmentation.unet import Init, UpBlock, Upsample, classifier_head, init_weights
 from cnnkit.tasks.segmentation.unetplusplus import UNetEncoderBase
 
 
@@ -95,6 +95,8 @@ class AttentionUNet(UNetEncoderBase):
             :class:`~cnnkit.tasks.segmentation.unet.BackboneUNet`).
         init: initialisation of the layers outside the backbone, ``"he"`` or ``"pytorch"`` (see
             :func:`~cnnkit.tasks.segmentation.unet.init_weights`).
+        head_kernel: kernel of the final classifier, 1 (the paper's) or 3 (segmentation_models_pytorch's);
+            the score heads stay 1x1 (see :func:`~cnnkit.tasks.segmentation.unet.classifier_head`).
 
     Attributes:
         attention_maps: the coefficients of the latest forward pass, detached, deepest gate first; each
@@ -121,6 +123,7 @@ class AttentionUNet(UNetEncoderBase):
         input_skip: bool = True,
         score_stages: Sequence[int] = (),
         init: Init = "pytorch",
+        head_kernel: int = 1,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -135,7 +138,7 @@ class AttentionUNet(UNetEncoderBase):
                 gates[str(k)] = AttentionGate(skip[i], coarse, scale=scales[i])
         self.up = nn.ModuleList(up)
         self.gates = nn.ModuleDict(gates)
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.head = classifier_head(widths[0], num_classes, head_kernel)
         # keyed by the decoder step ``k`` that ends on the row (row ``len(skip) - 2 - k``)
         self.score_heads = nn.ModuleDict(
             {

@@ -5,7 +5,7 @@ Ronneberger et al., "U-Net: Convolutional Networks for Biomedical Image Segmenta
 
     encoder: double 3x3 conv (C) -> [2x2 max pool -> double 3x3 conv (2C, 4C, ...)] x depth     (context)
     decoder: [upsample x2 -> concat the encoder map of that scale -> double 3x3 conv] x depth    (localization)
-    head:    1x1 conv to num_classes
+    head:    1x1 conv to num_classes (``head_kernel`` makes it k x k, as segmentation_models_pytorch's 3x3)
 
 Differences from the paper, as in most modern U-Nets: the 3x3 convolutions are padded ("same"), so maps of
 one scale have one size and no cropping of skips is needed, and each conv is followed by BatchNorm (Ioffe and
@@ -85,6 +85,24 @@ def he_init(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def classifier_head(in_channels: int, num_classes: int, kernel: int = 1) -> nn.Conv2d:
+    """The per-pixel classifier that ends a U-Net-family decoder: a ``kernel x kernel`` convolution, padded.
+
+    The U-Net paper ends in a 1x1 convolution (``kernel=1``); segmentation_models_pytorch's heads are 3x3,
+    which lets each pixel's class see its 3x3 neighbourhood of the last decoder map.
+
+    Shape:
+        - Input: ``(N, in_channels, H, W)``
+        - Output: ``(N, num_classes, H, W)``
+
+    Raises:
+        ConfigError: ``kernel`` is not a positive odd integer (an even kernel cannot keep ``H x W``).
+    """
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise ConfigError(f"head_kernel must be a positive odd integer (1, 3, 5, ...), got {kernel!r}")
+    return nn.Conv2d(in_channels, num_classes, kernel, padding=kernel // 2)
 
 
 def init_weights(model: nn.Module, init: str) -> None:
@@ -172,6 +190,8 @@ class UNet(nn.Module):
         depth: number of poolings (4 in the paper); the total stride is ``2**depth``.
         upsample: ``"bilinear"``, ``"nearest"`` or ``"transposed"`` (see :class:`UpBlock`).
         init: ``"he"`` (the paper's) or ``"pytorch"`` (see :func:`init_weights`).
+        head_kernel: kernel of the final classifier, 1 (the paper's) or 3, 5, ... (see
+            :func:`classifier_head`).
 
     Shape:
         - Input: ``(N, in_chans, H, W)``, any ``H, W >= 1`` (padded internally to a multiple of ``2**depth``)
@@ -186,6 +206,7 @@ class UNet(nn.Module):
         depth: int = 4,
         upsample: Upsample = "bilinear",
         init: Init = "pytorch",
+        head_kernel: int = 1,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -198,7 +219,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(
             UpBlock(widths[i + 1], widths[i], widths[i], 2, upsample) for i in reversed(range(depth))
         )
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.head = classifier_head(widths[0], num_classes, head_kernel)
         self.num_classes = num_classes
         self.stride = 2**depth
         init_weights(self, init)
@@ -297,6 +318,8 @@ class BackboneUNet(nn.Module):
             to 0.54 (``docs/segmentation.md``).
         init: the decoder's and heads' initialisation, ``"he"`` or ``"pytorch"`` (see :func:`init_weights`);
             the backbone keeps its own.
+        head_kernel: kernel of the final classifier, 1 (the paper's) or 3 (segmentation_models_pytorch's);
+            the score heads stay 1x1 (see :func:`classifier_head`).
         **backbone_kwargs: options of the backbone's builder.
 
     Shape:
@@ -317,6 +340,7 @@ class BackboneUNet(nn.Module):
         aux_stage: int = -1,
         score_stages: tuple[int, ...] = (),
         init: Init = "pytorch",
+        head_kernel: int = 1,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -339,7 +363,7 @@ class BackboneUNet(nn.Module):
             blocks.append(UpBlock(width, skip, final_width, scales[-1], upsample))
             width = final_width
         self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(width, num_classes, 1)
+        self.head = classifier_head(width, num_classes, head_kernel)
         # FCN's score fusion: 1x1 classifiers on decoder maps, keyed by the index of the block that makes them
         self.score_heads = nn.ModuleDict()
         for stage in score_stage_indices(score_stages, len(info)):

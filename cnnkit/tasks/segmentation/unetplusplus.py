@@ -56,6 +56,7 @@ from cnnkit.tasks.segmentation.unet import (
     Init,
     UpBlock,
     Upsample,
+    classifier_head,
     decoder_widths,
     init_weights,
     score_stage_indices,
@@ -232,6 +233,8 @@ class UNetPlusPlus(UNetEncoderBase):
             answers from its head alone.
         init: initialisation of the layers outside the backbone, ``"he"`` or ``"pytorch"`` (see
             :func:`~cnnkit.tasks.segmentation.unet.init_weights`).
+        head_kernel: kernel of the heads on ``X^{0,j}``, 1 (the paper's) or 3 (segmentation_models_pytorch's);
+            the score heads stay 1x1 (see :func:`~cnnkit.tasks.segmentation.unet.classifier_head`).
 
     Shape:
         - Input: ``(N, in_chans, H, W)``, any ``H, W >= 1`` (padded internally to a multiple of the stride)
@@ -258,6 +261,7 @@ class UNetPlusPlus(UNetEncoderBase):
         input_skip: bool = True,
         score_stages: Sequence[int] = (),
         init: Init = "pytorch",
+        head_kernel: int = 1,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -275,7 +279,7 @@ class UNetPlusPlus(UNetEncoderBase):
         self.nodes = nn.ModuleDict(nodes)
         self.deep_supervision = bool(deep_supervision)
         count = self.levels if self.deep_supervision else 1
-        self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(count))
+        self.heads = nn.ModuleList(classifier_head(widths[0], num_classes, head_kernel) for _ in range(count))
         # FCN's score fusion on the deepest head: a 1x1 classifier on the last node X^{r,L-r} of row r
         self.score_heads = nn.ModuleDict(
             {str(row): nn.Conv2d(widths[row], num_classes, 1) for row in self.score_rows(score_stages)}

@@ -97,6 +97,36 @@ def test_by_default_the_layers_keep_pytorchs_init_and_an_unknown_init_is_named(n
         create_model(name, num_classes=3, in_chans=2, init="kaiming", **options)
 
 
+def final_heads(model: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    """The classifiers that give the full-resolution logits (U-Net++: one per supervised ``X^{0,j}``)."""
+    return list(model.heads) if isinstance(model, UNetPlusPlus) else [model.head]
+
+
+@pytest.mark.parametrize(("name", "options"), MODELS)
+def test_a_3x3_head_is_centred_on_its_pixel_and_only_the_final_heads_change(name, options):
+    torch.manual_seed(0)
+    narrow = create_model(name, num_classes=3, in_chans=2, **options).eval()
+    wide = create_model(name, num_classes=3, in_chans=2, head_kernel=3, **options).eval()
+    heads = final_heads(wide)
+    assert all(head.kernel_size == (3, 3) and head.padding == (1, 1) for head in heads)
+    extra = sum(8 * head.in_channels * head.out_channels for head in heads)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(wide) - count(narrow) == extra
+    # a 3x3 kernel holding the 1x1 weights at its centre and zeros around is the 1x1 head, at every pixel
+    state = narrow.state_dict()
+    for key, value in wide.state_dict().items():
+        if value.shape != state[key].shape:
+            value = torch.zeros_like(value)
+            value[..., 1:2, 1:2] = state[key]
+            state[key] = value
+    wide.load_state_dict(state)
+    x = torch.randn(2, 2, 37, 45)
+    torch.testing.assert_close(wide(x), narrow(x))
+    for bad in (2, 0, 1.5):
+        with pytest.raises(ConfigError, match=f"head_kernel must be a positive odd integer.*got {bad}"):
+            create_model(name, num_classes=3, in_chans=2, head_kernel=bad, **options)
+
+
 @pytest.mark.parametrize("name", ["unetplusplus", "attention_unet"])
 def test_odd_input_is_zero_padded_to_the_stride_then_cropped(name):
     torch.manual_seed(0)
