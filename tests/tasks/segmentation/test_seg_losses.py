@@ -50,6 +50,41 @@ def test_dice_loss_near_zero_when_right_and_grad_flows(generator):
     assert 0 < loss.item() < 1 and logits.grad.abs().sum() > 0
 
 
+def one_hot_dice(logits, target, ignore_index=255, smooth=1.0):
+    """The Dice loss written with the one-hot target, term for term as its formula reads."""
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    probs = logits.softmax(1) * valid.unsqueeze(1)
+    onehot = F.one_hot(torch.where(valid, target, 0), logits.shape[1]).permute(0, 3, 1, 2) * valid.unsqueeze(
+        1
+    )
+    intersection = (probs * onehot).sum((0, 2, 3))
+    cardinality = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    return 1 - ((2 * intersection + smooth) / (cardinality + smooth)).mean()
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dice_loss_and_its_gradient_equal_the_one_hot_formula(generator, ignored, channels_last):
+    logits = torch.randn(3, 5, 7, 9, generator=generator)
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 4, (3, 7, 9), generator=generator)  # class 4 absent: its count is 0
+    if ignored:
+        target[1, 2:5] = 255
+    for ignore_index in (255, None) if not ignored else (255,):
+        ours, reference = (logits.clone().requires_grad_(True) for _ in range(2))
+        loss = dice_loss(ours, target, ignore_index)
+        expected = one_hot_dice(reference, target, ignore_index)
+        torch.testing.assert_close(loss, expected)
+        loss.backward()
+        expected.backward()
+        torch.testing.assert_close(ours.grad, reference.grad)
+    everything_ignored = logits.clone().requires_grad_(True)
+    loss = dice_loss(everything_ignored, torch.full_like(target, 255))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(everything_ignored.grad == 0)
+
+
 def test_focal_loss_by_hand_and_against_cross_entropy(generator):
     logits = logits_from_probs((0.8, 0.2), (0.4, 0.6))
     target = torch.tensor([[[0, 0]]])
