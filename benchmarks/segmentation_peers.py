@@ -262,7 +262,7 @@ def measure(
             )
             print(f"seed {seed}: after training, max |encoder weight difference| {drift:.2e}")
     results = []
-    for (name, seed), model, model_macs, steps in zip(runs, models, macs, times):
+    for (name, seed), model, model_macs, step_times in zip(runs, models, macs, times):
         predicted = predict(model, data["val"][0])
         matrix = confusion_matrix(predicted, data["val"][1], NUM_CLASSES)
         results.append(
@@ -271,8 +271,8 @@ def measure(
                 "seed": seed,
                 "params": sum(p.numel() for p in model.parameters()),
                 "macs": model_macs,
-                "steps": len(steps),
-                "step_s": statistics.median(steps[3:] or steps),
+                "steps": len(step_times),
+                "step_s": statistics.median(step_times[3:] or step_times),
                 "miou": miou(matrix),
                 "predicted": predicted[:4],
             }
