@@ -110,8 +110,7 @@ def test_a_3x3_head_is_centred_on_its_pixel_and_only_the_final_heads_change(name
     heads = final_heads(wide)
     assert all(head.kernel_size == (3, 3) and head.padding == (1, 1) for head in heads)
     extra = sum(8 * head.in_channels * head.out_channels for head in heads)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(wide) - count(narrow) == extra
+    assert sum(p.numel() for p in wide.parameters()) - sum(p.numel() for p in narrow.parameters()) == extra
     # a 3x3 kernel holding the 1x1 weights at its centre and zeros around is the 1x1 head, at every pixel
     state = narrow.state_dict()
     for key, value in wide.state_dict().items():
