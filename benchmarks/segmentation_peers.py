@@ -4,7 +4,8 @@ Run (segmentation_models_pytorch, MIT, is installed only for this script; cnnkit
 
     pip install segmentation-models-pytorch
     python benchmarks/segmentation_peers.py [--minutes M | --steps N] [--models unet unetplusplus]
-        [--seeds K] [--head-kernel 3] [--init he] [--same-init] [--figure PATH]
+        [--seeds K] [--head-kernel 3] [--init he] [--same-init] [--full-resolution nested]
+        [--decoder-channels 16 32 64 128 256 512] [--figure PATH]
 
 Everything but the implementation is shared, in one process:
 
@@ -13,10 +14,17 @@ Everything but the implementation is shared, in one process:
   and into smp's encoder, which both take torchvision's ResNet keys;
 - decoder widths: smp's defaults (256, 128, 64, 32, 16 from the deepest block to the full-resolution one),
   given to cnnkit as ``decoder_channels=(16, 32, 64, 128, 256, 512)`` (finest row first), so the models
-  have the same widths (parameters within 2%, MACs within 10%, printed), and the same upsampling
+  have the same widths (``--decoder-channels`` changes cnnkit's), and the same upsampling
   (``--upsample``: nearest, smp's default, or bilinear); smp's decoders have no full-resolution skip, so
   cnnkit's models run without their input skip (``--input-skip`` puts it back: the input image concatenated
   in the full-resolution block, cnnkit's default);
+- U-Net++ layout: smp nests over the encoder's stages (strides 2 to 32) and ends in one full-resolution
+  block; cnnkit's ``full_resolution="block"`` is that layout and the benchmark's default
+  (``--full-resolution nested``: cnnkit's default, a nested full-resolution row of five nodes). smp's dense
+  nodes of a row take the encoder's width of that row and only the row's last node the decoder's, while
+  cnnkit's nodes of a row share one width, so at the same ``decoder_channels`` smp's stride-2 row is wider
+  (64 channels against 32): MACs are printed, and ``--decoder-channels 16 64 64 128 256 512`` gives cnnkit's
+  stride-2 row smp's dense width;
 - data: the generated MNIST-Seg at 128x128 (train 4,000, seed 0; held-out val 500, seed 1, as
   ``benchmarks/train_tasks.py``), no augmentation, the same batch order (seeded);
 - loss: cnnkit's cross-entropy + Dice on the logits; optimiser AdamW (lr 1e-3, weight decay 1e-4, constant);
@@ -86,23 +94,27 @@ def build(
     input_skip: bool = False,
     head_kernel: int = 1,
     init: str = "pytorch",
+    full_resolution: str = "block",
+    decoder_channels: tuple[int, ...] = OURS_DECODER,
 ) -> nn.Module:
     """``cnnkit:unet``, ``cnnkit:unetplusplus``, ``smp:unet`` or ``smp:unetplusplus`` with the shared encoder
     and the decoder's upsampling mode (``"nearest"``, smp's default, or ``"bilinear"``); ``input_skip`` is
-    cnnkit's full-resolution skip of the input image (smp has none), ``head_kernel`` and ``init`` cnnkit's
-    options of those names."""
+    cnnkit's full-resolution skip of the input image (smp has none), ``head_kernel``, ``init``,
+    ``full_resolution`` (U-Net++ only) and ``decoder_channels`` cnnkit's options of those names."""
     library, model = name.split(":")
     if library == "cnnkit":
+        layout = {"full_resolution": full_resolution} if model == "unetplusplus" else {}
         net = cnnkit.create_model(
             model,
             backbone="resnet18",
             in_chans=1,
             num_classes=NUM_CLASSES,
-            decoder_channels=OURS_DECODER,
+            decoder_channels=decoder_channels,
             upsample=upsample,
             input_skip=input_skip,
             head_kernel=head_kernel,
             init=init,
+            **layout,
         )
         net.backbone.load_state_dict(weights)
     else:
@@ -236,6 +248,8 @@ def measure(
     init: str = "pytorch",
     same_init: bool = False,
     steps: int | None = None,
+    full_resolution: str = "block",
+    decoder_channels: tuple[int, ...] = OURS_DECODER,
 ) -> list[dict]:
     """Train the models named, once per seed (all in turn, :func:`train_in_turn`), and score each; their
     figures and held-out predictions, seed by seed. ``same_init``: each seed's cnnkit model starts from
@@ -244,7 +258,9 @@ def measure(
     models = []
     for name, seed in runs:
         weights = encoder_weights(seed)  # also seeds the decoder's initialisation that follows
-        models.append(build(name, weights, upsample, input_skip, head_kernel, init))
+        models.append(
+            build(name, weights, upsample, input_skip, head_kernel, init, full_resolution, decoder_channels)
+        )
     if same_init:
         for (name, seed), model, smp_model in zip(runs[::2], models[::2], models[1::2]):
             gap = copy_initial_weights(model, smp_model)
@@ -359,6 +375,19 @@ def main() -> None:
         action="store_true",
         help="U-Net only: cnnkit's decoder and head start from smp's initial weights (head 3x3)",
     )
+    parser.add_argument(
+        "--full-resolution",
+        choices=["block", "nested"],
+        default="block",
+        help="cnnkit's U-Net++ layout: one full-resolution block after the grid (smp's) or a nested row",
+    )
+    parser.add_argument(
+        "--decoder-channels",
+        type=int,
+        nargs=6,
+        default=OURS_DECODER,
+        help="cnnkit's decoder widths, the full-resolution row first (default: smp's widths)",
+    )
     parser.add_argument("--figure", type=pathlib.Path, default=pathlib.Path("segmentation_peers.png"))
     args = parser.parse_args()
     if args.same_init:
@@ -390,6 +419,8 @@ def main() -> None:
             args.init,
             args.same_init,
             args.steps,
+            args.full_resolution,
+            tuple(args.decoder_channels),
         )
         for result in runs:
             print(
@@ -401,7 +432,8 @@ def main() -> None:
     report(results, f"{args.steps} steps" if args.steps else f"{args.minutes:g} min")
     print(
         f"upsampling {args.upsample}; cnnkit's input skip {'on' if args.input_skip else 'off, as smp'}; "
-        f"cnnkit's head {args.head_kernel}x{args.head_kernel}, init {args.init}"
+        f"cnnkit's head {args.head_kernel}x{args.head_kernel}, init {args.init}, "
+        f"decoder {tuple(args.decoder_channels)}, U-Net++ full-resolution row {args.full_resolution}"
         + ("; cnnkit's decoder and head from smp's initial weights" if args.same_init else "")
     )
     figure(results, data, args.figure)

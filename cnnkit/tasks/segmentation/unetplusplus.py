@@ -31,7 +31,15 @@ deep supervision.
 ``i``, ``depth`` poolings, ``L = depth``). With ``backbone=`` a registered classifier's stages are the rows
 (through the feature contract, as :class:`~cnnkit.tasks.segmentation.unet.BackboneUNet`); when its finest
 stage is still downsampled (reduction 2 for a ResNet) a full-resolution row 0 is added whose ``X^{0,0}``
-is the input image (``input_skip=True``) or nothing, so ``L`` is the number of stages. Odd input sizes are
+is the input image (``input_skip=True``) or nothing, so ``L`` is the number of stages.
+
+**The full-resolution row of a backbone** (``full_resolution=``). ``"nested"`` (the default) nests over the
+added row like over any other: ``L`` nodes at full resolution, where the nodes see the most pixels.
+``"block"`` nests over the backbone's stages only (rows ``1..L``, the paper's grid with the encoder's first
+stage as its top row) and ends in one conv block ``X^{0,L} = H([U(X^{1,L-1}), X^{0,0}])``: the layout of
+segmentation_models_pytorch's ``UnetPlusPlus``. It runs one node at full resolution instead of ``L``; with
+deep supervision the heads of levels ``k < L`` sit on ``X^{1,k}`` and their logits are upsampled bilinearly
+by the first stage's reduction, so a pruned model answers from that coarser row. Odd input sizes are
 zero-padded at the bottom and right to a multiple of the total stride and the logits cropped back, as the
 U-Net does; sizes are then exact multiples from row to row, so every upsampling is by a fixed integer
 scale and torch.fx traces the model (``cnnkit summary``, fusion and ONNX export work).
@@ -43,7 +51,7 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -61,6 +69,8 @@ from cnnkit.tasks.segmentation.unet import (
     init_weights,
     score_stage_indices,
 )
+
+FullResolution = Literal["nested", "block"]
 
 
 @dataclass(frozen=True)
@@ -212,8 +222,9 @@ class UNetPlusPlus(UNetEncoderBase):
 
     ``nodes[f"x{i}_{j}"]`` is the conv block of node ``X^{i,j}`` (see the module docstring): a
     :class:`UpBlock` that upsamples ``X^{i+1,j-1}`` and concatenates ``X^{i,0}, ..., X^{i,j-1}``.
-    ``heads[k - 1]`` is the 1x1 classifier on ``X^{0,k}`` with deep supervision; without it ``heads`` holds
-    the one classifier on ``X^{0,L}``.
+    ``heads[k - 1]`` is the 1x1 classifier on ``X^{0,k}`` (on ``X^{1,k}`` for ``k < L`` with
+    ``full_resolution="block"``) with deep supervision; without it ``heads`` holds the one classifier on
+    ``X^{0,L}``.
 
     Args:
         in_chans: input image channels.
@@ -231,6 +242,9 @@ class UNetPlusPlus(UNetEncoderBase):
             :class:`~cnnkit.tasks.segmentation.unet.BackboneUNet`): the class of a region reaches the output
             from a coarse map instead of only through the full-resolution row. A pruned model (``prune < L``)
             answers from its head alone.
+        full_resolution: backbone form with a downsampled first stage: ``"nested"`` (nodes ``X^{0,1..L}`` at
+            full resolution) or ``"block"`` (nesting over the stages' rows, then one full-resolution block;
+            segmentation_models_pytorch's layout; see the module docstring).
         init: initialisation of the layers outside the backbone, ``"he"`` or ``"pytorch"`` (see
             :func:`~cnnkit.tasks.segmentation.unet.init_weights`).
         head_kernel: kernel of the heads on ``X^{0,j}``, 1 (the paper's) or 3 (segmentation_models_pytorch's);
@@ -243,8 +257,8 @@ class UNetPlusPlus(UNetEncoderBase):
 
     Raises:
         ConfigError: a ``prune`` level out of range or without ``deep_supervision``, ``score_stages`` in the
-            classic form or naming a stage the decoder does not merge, or an encoder option error (see
-            :class:`UNetEncoderBase`).
+            classic form or naming a stage the decoder does not merge, ``full_resolution="block"`` without a
+            downsampled first stage, or an encoder option error (see :class:`UNetEncoderBase`).
     """
 
     def __init__(
@@ -260,6 +274,7 @@ class UNetPlusPlus(UNetEncoderBase):
         decoder_channels: Sequence[int] | None = None,
         input_skip: bool = True,
         score_stages: Sequence[int] = (),
+        full_resolution: FullResolution = "nested",
         init: Init = "pytorch",
         head_kernel: int = 1,
         **backbone_kwargs: Any,
@@ -267,19 +282,34 @@ class UNetPlusPlus(UNetEncoderBase):
         super().__init__(
             in_chans, base_channels, depth, backbone, decoder_channels, input_skip, **backbone_kwargs
         )
+        if full_resolution not in ("nested", "block"):
+            raise ConfigError(f"full_resolution must be 'nested' or 'block', got {full_resolution!r}")
+        if full_resolution == "block" and not self.full_resolution_row:
+            raise ConfigError(
+                "full_resolution='block' needs a backbone whose first stage is downsampled (a ResNet's, "
+                "a MobileNet's): the classic encoder and full-resolution stages nest over every row"
+            )
+        self.full_resolution = full_resolution
         skip, widths, scales = self.rows.skip_channels, self.rows.widths, self.rows.scales
-        self.levels = len(skip) - 1
+        self.levels = levels = len(skip) - 1
+        # the first nested row: 1 when the full-resolution row is a single block after the grid
+        self.top = top = int(full_resolution == "block")
         nodes = {}
-        for j in range(1, self.levels + 1):
-            for i in range(self.levels + 1 - j):
+        for j in range(1, levels + 1):
+            for i in range(top, levels + 1 - j):
                 below = skip[i + 1] if j == 1 else widths[i + 1]
                 nodes[f"x{i}_{j}"] = UpBlock(
                     below, skip[i] + (j - 1) * widths[i], widths[i], scales[i], upsample
                 )
+        if top:
+            below = skip[1] if levels == 1 else widths[1]
+            nodes[f"x0_{levels}"] = UpBlock(below, skip[0], widths[0], scales[0], upsample)
         self.nodes = nn.ModuleDict(nodes)
         self.deep_supervision = bool(deep_supervision)
-        count = self.levels if self.deep_supervision else 1
-        self.heads = nn.ModuleList(classifier_head(widths[0], num_classes, head_kernel) for _ in range(count))
+        levels_with_heads = range(1, levels + 1) if self.deep_supervision else [levels]
+        self.heads = nn.ModuleList(
+            classifier_head(widths[self.head_node(k)[0]], num_classes, head_kernel) for k in levels_with_heads
+        )
         # FCN's score fusion on the deepest head: a 1x1 classifier on the last node X^{r,L-r} of row r
         self.score_heads = nn.ModuleDict(
             {str(row): nn.Conv2d(widths[row], num_classes, 1) for row in self.score_rows(score_stages)}
@@ -306,20 +336,50 @@ class UNetPlusPlus(UNetEncoderBase):
                 )
         self._prune = level
 
-    def grid(self, padded: Tensor, levels: int) -> dict[tuple[int, int], Tensor | None]:
-        """The nodes ``X^{i,j}`` with ``i + j <= levels`` (eq. 1 of the paper, column by column), by ``(i, j)``;
-        ``X^{i,0}`` are the encoder maps (``None`` for a row without one).
+    def head_node(self, level: int) -> tuple[int, int]:
+        """The node ``(i, j)`` whose head answers at pruning level ``level``: ``X^{0,level}``, or ``X^{1,level}``
+        for ``level < L`` when the full-resolution row is one block."""
+        return (1, level) if self.top and level < self.levels else (0, level)
+
+    def reach(self, level: int) -> int:
+        """The largest ``i + j`` among the nodes that the head of ``level`` needs (see :meth:`grid`)."""
+        return sum(self.head_node(level))
+
+    def grid(self, padded: Tensor, reach: int) -> dict[tuple[int, int], Tensor | None]:
+        """The nodes ``X^{i,j}`` with ``i + j <= reach`` (eq. 1 of the paper, column by column), by ``(i, j)``;
+        ``X^{i,0}`` are the encoder maps (``None`` for a row without one). With ``full_resolution="block"``
+        the nested rows start at 1 and row 0 has the one block ``X^{0,L}``, computed when ``reach == L``.
 
         Shape:
             - Input: ``(N, in_chans, H, W)`` padded to the stride
             - Output: ``X^{i,j}`` of shape ``(N, widths[i], H / r_i, W / r_i)`` for ``j >= 1``
         """
-        grid = {(i, 0): x for i, x in enumerate(self.encode(padded, levels + 1))}
-        for j in range(1, levels + 1):
-            for i in range(levels + 1 - j):
+        grid = {(i, 0): x for i, x in enumerate(self.encode(padded, reach + 1))}
+        for j in range(1, reach + 1):
+            for i in range(self.top, reach + 1 - j):
                 same_row = [grid[i, k] for k in range(j) if grid[i, k] is not None]
                 grid[i, j] = self.nodes[f"x{i}_{j}"](grid[i + 1, j - 1], same_row)
+        if self.top and reach == self.levels:
+            image = [] if grid[0, 0] is None else [grid[0, 0]]
+            grid[0, reach] = self.nodes[f"x0_{reach}"](grid[1, reach - 1], image)
         return grid
+
+    def head_logits(self, level: int, grid: dict[tuple[int, int], Tensor | None]) -> Tensor:
+        """The logits of the head of ``level`` on the padded input: its classifier on :meth:`head_node`,
+        upsampled bilinearly to full resolution from a coarser row, plus the score heads' maps at ``L``.
+
+        Shape:
+            - Input: a ``grid`` with ``reach >= self.reach(level)``
+            - Output: ``(N, num_classes, H, W)`` of the padded input
+        """
+        row, column = self.head_node(level)
+        head = self.heads[level - 1] if self.deep_supervision else self.heads[0]
+        logits = head(grid[row, column])
+        if row:
+            logits = F.interpolate(
+                logits, scale_factor=self.rows.reduction(row), mode="bilinear", align_corners=False
+            )
+        return self.fused(logits, grid) if level == self.levels else logits
 
     def fused(self, logits: Tensor, grid: dict[tuple[int, int], Tensor | None]) -> Tensor:
         """The deepest head's logits plus the score heads' maps, each from the last node ``X^{r,L-r}`` of its
@@ -350,21 +410,15 @@ class UNetPlusPlus(UNetEncoderBase):
             raise ConfigError("forward_heads needs deep_supervision=True (a head on every X^{0,j})")
         height, width = x.shape[-2:]
         grid = self.grid(self.pad(x), self.levels)
-        logits = [head(grid[0, j]) for j, head in enumerate(self.heads, start=1)]
-        logits[-1] = self.fused(logits[-1], grid)
-        return [out[..., :height, :width] for out in logits]
+        return [self.head_logits(k, grid)[..., :height, :width] for k in range(1, self.levels + 1)]
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         if self.training and self.deep_supervision:
             return self.forward_heads(x)
         level = self.levels if self.training or self.prune is None else self.prune
         height, width = x.shape[-2:]
-        grid = self.grid(self.pad(x), level)
-        head = self.heads[level - 1] if self.deep_supervision else self.heads[0]
-        logits = head(grid[0, level])
-        if level == self.levels:
-            logits = self.fused(logits, grid)
-        return logits[..., :height, :width]
+        grid = self.grid(self.pad(x), self.reach(level))
+        return self.head_logits(level, grid)[..., :height, :width]
 
 
 @register_model(

@@ -24,6 +24,11 @@ MODELS = [
     ("unetplusplus", CLASSIC),
     ("unetplusplus", dict(CLASSIC, deep_supervision=True, prune=2, upsample="transposed")),
     ("unetplusplus", dict(backbone="resnet18", decoder_channels=(8, 8, 16, 16, 32), score_stages=(3, 1))),
+    # segmentation_models_pytorch's layout: nested over the stages, one full-resolution block
+    (
+        "unetplusplus",
+        dict(backbone="resnet18", full_resolution="block", deep_supervision=True, score_stages=(2,)),
+    ),
     ("attention_unet", CLASSIC),
     ("attention_unet", dict(backbone="mobilenet_v3_small", score_stages=(3, 2, 1))),
     # the U-Net itself, with the encoder of the peer benchmark (its padding once branched on the size)
@@ -205,6 +210,59 @@ def test_backbone_unetplusplus_rows_are_the_input_and_the_stages():
     assert "backbone.layer4.1.conv2.weight" in model.state_dict()
     without = UNetPlusPlus(in_chans=1, num_classes=2, backbone="resnet18", input_skip=False)
     assert without.nodes["x0_3"].conv[0][0].in_channels == 64 + 2 * 32
+
+
+def test_block_layout_nests_over_the_stages_then_one_full_resolution_block():
+    """full_resolution="block": the grid of rows 1..L (resnet18's stages), then X^{0,L} = H([U(X^{1,L-1}),
+    X^{0,0}]); the L - 1 nested full-resolution nodes and their heads' widths are gone."""
+    options = dict(in_chans=1, num_classes=2, backbone="resnet18", deep_supervision=True)
+    nested = UNetPlusPlus(**options)
+    block = UNetPlusPlus(**options, full_resolution="block")
+    assert block.rows == nested.rows and block.levels == 5
+    assert sorted(nested.nodes) == sorted([*block.nodes, "x0_1", "x0_2", "x0_3", "x0_4"])
+    assert len(block.nodes) == 4 * 5 // 2 + 1
+    # X^{0,5}: X^{1,4} (64 channels) upsampled, then the image; out the full-resolution row's 32
+    assert block.nodes["x0_5"].conv[0][0].in_channels == 64 + 1
+    assert nested.nodes["x0_5"].conv[0][0].in_channels == 64 + 1 + 4 * 32
+    # the heads of levels 1..4 classify X^{1,k} (64 channels), the last X^{0,5} (32)
+    assert [head.in_channels for head in block.heads] == [64, 64, 64, 64, 32]
+    without = UNetPlusPlus(**options, full_resolution="block", input_skip=False)
+    assert without.nodes["x0_5"].conv[0][0].in_channels == 64
+    grid = without.eval().grid(without.pad(torch.randn(1, 1, 32, 32)), without.levels)
+    assert sorted(k for k, v in grid.items() if k[0] == 0) == [(0, 0), (0, 5)] and grid[0, 0] is None
+    assert grid[0, 5].shape == (1, 32, 32, 32) and grid[1, 4].shape == (1, 64, 16, 16)
+
+
+def test_block_layout_prunes_to_the_stride_two_row_upsampled():
+    torch.manual_seed(0)
+    model = UNetPlusPlus(
+        in_chans=1, num_classes=3, backbone="resnet18", deep_supervision=True, full_resolution="block"
+    ).eval()
+    x = torch.randn(1, 1, 45, 38)
+    heads = model.forward_heads(x)
+    padded = model.pad(x)
+    called = set()
+    for key, node in model.nodes.items():
+        node.register_forward_hook(lambda m, args, out, key=key: called.add(key))
+    model.prune = 2
+    pruned = model(x)
+    torch.testing.assert_close(pruned, heads[1], rtol=0, atol=0)
+    assert called == {"x1_1", "x2_1", "x1_2"}  # i + j <= 3 on rows 1.., no full-resolution block
+    coarse = model.heads[1](model.grid(padded, 3)[1, 2])
+    assert coarse.shape[-2:] == (padded.shape[-2] // 2, padded.shape[-1] // 2)
+    expected = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(pruned, expected[..., :45, :38])
+    called.clear()
+    model.prune = None
+    torch.testing.assert_close(model(x), heads[-1], rtol=0, atol=0)
+    assert "x0_5" in called and len(called) == len(model.nodes)
+
+
+def test_block_layout_needs_a_downsampled_first_stage():
+    with pytest.raises(ConfigError, match="needs a backbone whose first stage is downsampled"):
+        UNetPlusPlus(in_chans=1, base_channels=4, depth=2, full_resolution="block")
+    with pytest.raises(ConfigError, match="'nested' or 'block', got 'flat'"):
+        UNetPlusPlus(in_chans=1, backbone="resnet18", full_resolution="flat")
 
 
 def test_pruned_model_answers_with_the_kth_head_and_runs_fewer_macs():
