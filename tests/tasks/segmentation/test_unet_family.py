@@ -457,6 +457,11 @@ def test_torch_fx_traces_the_model_in_eval_mode(name, options):
     [
         ("unetplusplus", dict(base_channels=4, depth=2, deep_supervision=True, prune=1)),
         ("unetplusplus", dict(base_channels=4, depth=3, upsample="transposed")),
+        # a pruned head of the block layout: the stride-2 row's logits upsampled in the graph
+        (
+            "unetplusplus",
+            dict(backbone="mobilenet_v3_small", full_resolution="block", deep_supervision=True, prune=2),
+        ),
         ("attention_unet", dict(base_channels=4, depth=2)),
         ("attention_unet", dict(backbone="mobilenet_v3_small", score_stages=(2,))),
     ],
