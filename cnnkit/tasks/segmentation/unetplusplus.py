@@ -108,8 +108,8 @@ class UNetEncoderBase(nn.Module):
         backbone: registry name of the encoder's classifier, or ``None`` for the classic form.
         decoder_channels: backbone form: the decoder width of each stage's row, optionally preceded by
             that of the added full-resolution row (see :func:`~cnnkit.tasks.segmentation.unet.decoder_widths`).
-            Row 0's nodes run at full resolution and take most of U-Net++'s multiply-adds, so its width
-            sets the cost.
+            Row 0's nodes run at full resolution and, in U-Net++'s nested layout, take most of its
+            multiply-adds, so its width sets the cost.
         input_skip: backbone form: the input image is the encoder map of the full-resolution row.
         **backbone_kwargs: options of the backbone's builder (e.g. ``weights``).
 
