@@ -4,7 +4,8 @@ Run: ``python benchmarks/unetplusplus_prune.py RUN_DIR [--repeats N] [--threads 
 
 ``RUN_DIR`` is a U-Net++ run trained with deep supervision (the ``unetplusplus`` recipe's, e.g. kept by
 ``python benchmarks/train_tasks.py unetplusplus --keep DIR``). For each ``k`` from 1 to ``L`` the model
-answers from its head at ``X^{0,k}`` (``model.prune = k``; the weights are the same) and this script prints:
+answers from its head at ``X^{0,k}`` (``X^{1,k}``, upsampled, for ``k < L`` in the ``full_resolution="block"``
+layout) (``model.prune = k``; the weights are the same) and this script prints:
 the run's held-out mIoU through :func:`cnnkit.evaluate` (the same evaluation as ``cnnkit eval``), the MACs of
 one image by :func:`cnnkit.analyze` (only the nodes the head needs are traced), and the best of ``--repeats``
 forward passes of one image at the run's image size on ``--threads`` threads. ``k = L`` is the unpruned model.
