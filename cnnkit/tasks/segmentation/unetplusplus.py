@@ -341,27 +341,25 @@ class UNetPlusPlus(UNetEncoderBase):
         for ``level < L`` when the full-resolution row is one block."""
         return (1, level) if self.top and level < self.levels else (0, level)
 
-    def reach(self, level: int) -> int:
-        """The largest ``i + j`` among the nodes that the head of ``level`` needs (see :meth:`grid`)."""
-        return sum(self.head_node(level))
-
-    def grid(self, padded: Tensor, reach: int) -> dict[tuple[int, int], Tensor | None]:
-        """The nodes ``X^{i,j}`` with ``i + j <= reach`` (eq. 1 of the paper, column by column), by ``(i, j)``;
-        ``X^{i,0}`` are the encoder maps (``None`` for a row without one). With ``full_resolution="block"``
-        the nested rows start at 1 and row 0 has the one block ``X^{0,L}``, computed when ``reach == L``.
+    def grid(self, padded: Tensor, level: int) -> dict[tuple[int, int], Tensor | None]:
+        """The nodes that the head of ``level`` needs, by ``(i, j)``: those with ``i + j <= r`` (eq. 1 of the
+        paper, column by column), ``r`` the sum of :meth:`head_node`'s indices; ``X^{i,0}`` are the encoder
+        maps (``None`` for a row without one). With ``full_resolution="block"`` the nested rows start at 1
+        and row 0 has the one block ``X^{0,L}``, computed only for ``level == L``.
 
         Shape:
             - Input: ``(N, in_chans, H, W)`` padded to the stride
             - Output: ``X^{i,j}`` of shape ``(N, widths[i], H / r_i, W / r_i)`` for ``j >= 1``
         """
+        reach = sum(self.head_node(level))
         grid = {(i, 0): x for i, x in enumerate(self.encode(padded, reach + 1))}
         for j in range(1, reach + 1):
             for i in range(self.top, reach + 1 - j):
                 same_row = [grid[i, k] for k in range(j) if grid[i, k] is not None]
                 grid[i, j] = self.nodes[f"x{i}_{j}"](grid[i + 1, j - 1], same_row)
-        if self.top and reach == self.levels:
+        if self.top and level == self.levels:
             image = [] if grid[0, 0] is None else [grid[0, 0]]
-            grid[0, reach] = self.nodes[f"x0_{reach}"](grid[1, reach - 1], image)
+            grid[0, level] = self.nodes[f"x0_{level}"](grid[1, level - 1], image)
         return grid
 
     def head_logits(self, level: int, grid: dict[tuple[int, int], Tensor | None]) -> Tensor:
@@ -369,7 +367,7 @@ class UNetPlusPlus(UNetEncoderBase):
         upsampled bilinearly to full resolution from a coarser row, plus the score heads' maps at ``L``.
 
         Shape:
-            - Input: a ``grid`` with ``reach >= self.reach(level)``
+            - Input: :meth:`grid` of ``level``, or of ``L`` (every node)
             - Output: ``(N, num_classes, H, W)`` of the padded input
         """
         row, column = self.head_node(level)
@@ -417,7 +415,7 @@ class UNetPlusPlus(UNetEncoderBase):
             return self.forward_heads(x)
         level = self.levels if self.training or self.prune is None else self.prune
         height, width = x.shape[-2:]
-        grid = self.grid(self.pad(x), self.reach(level))
+        grid = self.grid(self.pad(x), level)
         return self.head_logits(level, grid)[..., :height, :width]
 
 
