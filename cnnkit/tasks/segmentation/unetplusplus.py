@@ -292,8 +292,7 @@ class UNetPlusPlus(UNetEncoderBase):
         self.full_resolution = full_resolution
         skip, widths, scales = self.rows.skip_channels, self.rows.widths, self.rows.scales
         self.levels = levels = len(skip) - 1
-        # the first nested row: 1 when the full-resolution row is a single block after the grid
-        self.top = top = int(full_resolution == "block")
+        top = self.top
         nodes = {}
         for j in range(1, levels + 1):
             for i in range(top, levels + 1 - j):
@@ -317,6 +316,11 @@ class UNetPlusPlus(UNetEncoderBase):
         self.num_classes = num_classes
         self.prune = prune
         init_weights(self, init)
+
+    @property
+    def top(self) -> int:
+        """The first nested row: 1 when the full-resolution row is one block after the grid, else 0."""
+        return int(self.full_resolution == "block")
 
     @property
     def prune(self) -> int | None:
