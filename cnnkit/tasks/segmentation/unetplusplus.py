@@ -366,6 +366,17 @@ class UNetPlusPlus(UNetEncoderBase):
             grid[0, level] = self.nodes[f"x0_{level}"](grid[1, level - 1], image)
         return grid
 
+    def from_row(self, row: int, scores: Tensor) -> Tensor:
+        """Class scores of a map of ``row`` upsampled bilinearly by the row's reduction to the padded input.
+
+        Shape:
+            - Input: ``(N, num_classes, H / r, W / r)``, ``r`` the reduction of ``row``
+            - Output: ``(N, num_classes, H, W)``
+        """
+        return F.interpolate(
+            scores, scale_factor=self.rows.reduction(row), mode="bilinear", align_corners=False
+        )
+
     def head_logits(self, level: int, grid: dict[tuple[int, int], Tensor | None]) -> Tensor:
         """The logits of the head of ``level`` on the padded input: its classifier on :meth:`head_node`,
         upsampled bilinearly to full resolution from a coarser row, plus the score heads' maps at ``L``.
@@ -378,9 +389,7 @@ class UNetPlusPlus(UNetEncoderBase):
         head = self.heads[level - 1] if self.deep_supervision else self.heads[0]
         logits = head(grid[row, column])
         if row:
-            logits = F.interpolate(
-                logits, scale_factor=self.rows.reduction(row), mode="bilinear", align_corners=False
-            )
+            logits = self.from_row(row, logits)
         return self.fused(logits, grid) if level == self.levels else logits
 
     def fused(self, logits: Tensor, grid: dict[tuple[int, int], Tensor | None]) -> Tensor:
@@ -394,9 +403,7 @@ class UNetPlusPlus(UNetEncoderBase):
         for key, head in self.score_heads.items():
             row = int(key)
             scores = head(grid[row, self.levels - row])
-            logits = logits + F.interpolate(
-                scores, scale_factor=self.rows.reduction(row), mode="bilinear", align_corners=False
-            )
+            logits = logits + self.from_row(row, scores)
         return logits
 
     def forward_heads(self, x: Tensor) -> list[Tensor]:
