@@ -25,10 +25,19 @@ def build_optimizer(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999),
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW over a model's trainable parameters, or over given parameter groups.
 
     Each group's learning rate is ``lr * group["lr_scale"]``.
+
+    ``fused`` selects PyTorch's fused update, one multi-threaded kernel over all parameters instead of a
+    loop of small tensor ops per parameter (``torch.optim.AdamW(..., fused=True)``, CPU and CUDA since
+    PyTorch 2.4). ``None`` (default) uses it wherever the parameters' device has it and falls back to the
+    per-tensor loop elsewhere. On 2 CPU cores it makes the AdamW step of a ResNet-18 4.2x and of a
+    MobileNetV3 U-Net++ 2.1x faster (``benchmarks/optimizer_step.py``). The arithmetic is the
+    same; only rounding differs, visible on parameters whose gradient is rounding noise (a convolution's
+    bias before BatchNorm), which Adam's normalisation amplifies.
 
     Raises:
         ConfigError: unknown optimizer name, or no trainable parameters.
@@ -43,10 +52,18 @@ def build_optimizer(
     for g in groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    raise ConfigError(f"unknown optimizer {name!r}: use sgd or adamw")
+        kind, options = torch.optim.SGD, {"momentum": momentum, "nesterov": momentum > 0}
+    elif name == "adamw":
+        kind, options = torch.optim.AdamW, {"betas": betas}
+    else:
+        raise ConfigError(f"unknown optimizer {name!r}: use sgd or adamw")
+    if fused is not False:
+        try:  # the constructor checks every parameter's device and dtype; copies keep `groups` unmarked
+            return kind([dict(g) for g in groups], lr=lr, fused=True, **options)
+        except RuntimeError:
+            if fused:
+                raise
+    return kind(groups, lr=lr, **options)
 
 
 def lr_factor(
