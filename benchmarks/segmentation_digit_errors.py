@@ -19,7 +19,7 @@ import torch
 
 from cnnkit.data import MNISTSegmentation
 from cnnkit.data.sources import GENERATED_SEEDS
-from cnnkit.engine.run import load_run_model
+from cnnkit.engine.inference import load_run_model
 from cnnkit.tasks.images import channel_stats, normalize_images
 
 
