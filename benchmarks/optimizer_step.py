@@ -18,6 +18,7 @@ import copy
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the cnnkit command sets it (see cnnkit.cli)
 
@@ -58,6 +59,20 @@ def step_time(optimizer: torch.optim.Optimizer, device: torch.device, repeats: i
     return statistics.median(times)
 
 
+def alternate(
+    loop: Callable[[], float], fused: Callable[[], float], rounds: int
+) -> tuple[float, float, float]:
+    """Median seconds of ``loop()`` and of ``fused()``, called in turn (the first one alternating each round),
+    and the median of the per-round ratios ``loop / fused``."""
+    times: dict[Callable[[], float], list[float]] = {loop: [], fused: []}
+    ratios = []
+    for r in range(rounds):
+        for measure in (loop, fused) if r % 2 == 0 else (fused, loop):
+            times[measure].append(measure())
+        ratios.append(times[loop][-1] / times[fused][-1])
+    return statistics.median(times[loop]), statistics.median(times[fused]), statistics.median(ratios)
+
+
 def optimizer_only(
     model: nn.Module, name: str, device: torch.device, rounds: int
 ) -> tuple[float, float, float]:
@@ -71,13 +86,7 @@ def optimizer_only(
     loop = build_optimizer(pair[0], name, 1e-3, 1e-4, fused=False)
     fused = build_optimizer(pair[1], name, 1e-3, 1e-4)
     assert fused.defaults.get("fused"), "the default build did not fuse"
-    loops, fuseds, ratios = [], [], []
-    for r in range(rounds):
-        order = [(loop, loops), (fused, fuseds)]
-        for optimizer, times in order if r % 2 == 0 else order[::-1]:
-            times.append(step_time(optimizer, device, 10))
-        ratios.append(loops[-1] / fuseds[-1])
-    return statistics.median(loops), statistics.median(fuseds), statistics.median(ratios)
+    return alternate(lambda: step_time(loop, device, 10), lambda: step_time(fused, device, 10), rounds)
 
 
 def training_steps(
@@ -110,13 +119,11 @@ def training_steps(
         net.train()
         for _ in range(2):
             one(net, optimizer)
-    loops, fuseds, ratios = [], [], []
-    for r in range(rounds):
-        order = [(0, loops), (1, fuseds)]
-        for i, times in order if r % 2 == 0 else order[::-1]:
-            times.append(statistics.median(one(pair[i], optimizers[i]) for _ in range(3)))
-        ratios.append(loops[-1] / fuseds[-1])
-    return statistics.median(loops), statistics.median(fuseds), statistics.median(ratios)
+
+    def median_of_three(i: int) -> float:
+        return statistics.median(one(pair[i], optimizers[i]) for _ in range(3))
+
+    return alternate(lambda: median_of_three(0), lambda: median_of_three(1), rounds)
 
 
 def main() -> None:
